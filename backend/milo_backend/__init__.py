@@ -1,0 +1,3 @@
+"""MILo training backend: photos -> cameras -> Gaussians (+ mesh in the loop)."""
+
+__version__ = "0.1.0"

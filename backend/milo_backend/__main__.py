@@ -1,0 +1,3 @@
+from milo_backend.cli import main
+
+raise SystemExit(main())

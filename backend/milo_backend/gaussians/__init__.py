@@ -1,0 +1,1 @@
+"""Gaussian parameters, activations, smoothing filter, PLY I/O, densification and simplification."""
