@@ -1,0 +1,128 @@
+"""Training options, presets and the schedule.
+
+Every phase boundary of the published 18,000-iteration schedule is stored as a fraction of the iteration
+budget, so `--iterations 2000` runs the same sequence of phases, just shorter (the published code keeps
+its absolute iteration numbers whatever `--iterations` says). Intervals (densify every 100, Delaunay
+every 500, ...) scale the same way, so each phase sees the same number of events.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+BASE_ITERATIONS = 18_000
+
+# name -> (max pivots, max Gaussians). Pivot budgets are the published ones; the Gaussian cap keeps a
+# preset's memory bounded (the published code has no cap; densification stops growing past it).
+PRESETS: dict[str, dict] = {
+    "verylowres": {"max_pivots": 270_000, "max_gaussians": 300_000},
+    "lowres": {"max_pivots": 540_000, "max_gaussians": 600_000},
+    "default": {"max_pivots": 5_400_000, "max_gaussians": 3_000_000},
+    "highres": {"max_pivots": 9_000_000, "max_gaussians": 5_000_000},
+    "veryhighres": {"max_pivots": 13_500_000, "max_gaussians": 7_500_000},
+}
+SMALLER_PRESET = {"veryhighres": "highres", "highres": "default", "default": "lowres",
+                  "lowres": "verylowres", "verylowres": None}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Iteration numbers of every event, derived from the published schedule scaled to `iterations`."""
+
+    iterations: int
+
+    def at(self, base_iteration: int) -> int:
+        """The iteration corresponding to `base_iteration` of the 18k schedule."""
+        return round(base_iteration * self.iterations / BASE_ITERATIONS)
+
+    def every(self, base_interval: int) -> int:
+        return max(1, self.at(base_interval))
+
+    # phase boundaries
+    @property
+    def densify_from(self) -> int: return self.at(500)
+    @property
+    def densify_until(self) -> int: return self.at(3000)
+    @property
+    def densify_every(self) -> int: return self.every(100)
+    @property
+    def aggressive_clone_every(self) -> int: return self.every(250)
+    @property
+    def depth_reinit_at(self) -> int: return self.at(2000)
+    @property
+    def full_resolution_from(self) -> int: return self.at(3000)
+    @property
+    def simplify_at(self) -> int: return self.at(3000)
+    @property
+    def sh_increase_every(self) -> int: return self.every(1000)
+    @property
+    def depth_normal_from(self) -> int: return self.at(3000)
+    @property
+    def simplify2_at(self) -> int: return self.at(8000)
+    @property
+    def mesh_from(self) -> int: return self.at(8000) + 1
+    @property
+    def delaunay_every(self) -> int: return self.every(500)
+    @property
+    def sdf_reset_every(self) -> int: return self.every(500)
+    @property
+    def sdf_reset_until(self) -> int: return self.at(13000)
+    @property
+    def labels_every(self) -> int: return self.every(200)
+    @property
+    def filter_3d_every(self) -> int: return self.every(100)
+    @property
+    def position_lr_decay_steps(self) -> int: return self.every(30000)
+
+    def is_densify_step(self, it: int) -> bool:
+        return self.densify_from <= it <= self.densify_until and it % self.densify_every == 0 \
+            and it != self.depth_reinit_at
+
+    def is_aggressive_clone_step(self, it: int) -> bool:
+        return self.densify_from <= it <= self.densify_until and it % self.aggressive_clone_every == 0 \
+            and it != self.depth_reinit_at and it != self.simplify_at
+
+    def sh_degree(self, it: int, max_degree: int = 3) -> int:
+        if it < self.full_resolution_from:
+            return 0
+        return min(max_degree, 1 + (it - self.full_resolution_from) // self.sh_increase_every)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = BASE_ITERATIONS
+    preset: str = "default"
+    scene: str = "outdoor"              # importance scores: "indoor" | "outdoor"
+    device: str = "auto"                 # auto | cpu | cuda
+    renderer: str = "auto"               # auto | torch | gsplat
+    max_size: int | None = None          # longest image side in pixels
+    eval_split: bool = False             # hold out every 8th image
+    white_background: bool = False
+    seed: int = 0
+    simplify_keep_fraction: float = 0.6  # "base" configuration of section 1
+    densify_grad_threshold: float = 2e-4
+    prune_opacity: float = 0.005
+    lambda_ssim: float = 0.2
+    lambda_depth_normal: float = 0.05
+    preview_every: int = 0               # 0: 10 previews over the run
+    checkpoint_every: int = 0            # 0: 10 checkpoints over the run
+    init_points: int = 100_000           # random/triangulated initialisation budget
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            from milo_backend.errors import MiloError
+            raise MiloError(f"unknown preset {self.preset!r}", hint=f"use one of: {', '.join(PRESETS)}")
+        if self.scene not in ("indoor", "outdoor"):
+            from milo_backend.errors import MiloError
+            raise MiloError(f"unknown scene type {self.scene!r}", hint="use --scene indoor or --scene outdoor")
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.iterations)
+
+    @property
+    def budgets(self) -> dict:
+        return PRESETS[self.preset]
+
+    def to_json(self) -> dict:
+        return asdict(self)
