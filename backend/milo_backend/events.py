@@ -11,6 +11,7 @@ when a log file is attached. Protocol (version 1), every object has "event", "v"
   {"event": "warning",  "message": "...", "hint": "..."}
   {"event": "error",    "message": "...", "hint": "...", "path": "/file/at/fault"}
   {"event": "done",     "outputs": {"gaussians": "/abs/...", ...}}
+  {"event": "cancelled", "message": "...", "checkpoint": "/abs/out/checkpoints/latest.pt", "hint": "..."}
   {"event": "log",      "message": "..."}
 """
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""Checkpoints of a training run: everything needed to continue exactly where it stopped.
+
+`OUT/checkpoints/latest.pt` is replaced atomically; the previous one is kept as `previous.pt`, so a crash
+while writing, or a NaN detected after the last save, never costs more than one interval.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from milo_backend.atomic import atomic_path
+from milo_backend.errors import MiloError
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    for name in ("latest.pt", "previous.pt"):
+        p = checkpoint_dir(out) / name
+        if p.exists():
+            return p
+    return None
+
+
+def save_checkpoint(out: Path, payload: dict) -> Path:
+    d = checkpoint_dir(out)
+    d.mkdir(parents=True, exist_ok=True)
+    latest = d / "latest.pt"
+    with atomic_path(latest) as tmp:
+        torch.save(payload, tmp)
+        if latest.exists():  # keep one generation back
+            os.replace(latest, d / "previous.pt")
+    return latest
+
+
+def load_checkpoint(out: Path) -> dict:
+    errors = []
+    for name in ("latest.pt", "previous.pt"):
+        p = checkpoint_dir(out) / name
+        if not p.exists():
+            continue
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: fall back to the older one
+            errors.append(f"{p.name}: {exc}")
+    if errors:
+        raise MiloError(f"the checkpoints in {checkpoint_dir(out)} are damaged ({'; '.join(errors)})",
+                        hint="start again without --resume, into a new output folder",
+                        path=checkpoint_dir(out))
+    raise MiloError(f"no checkpoint to resume from in {out}", hint="run train without --resume first",
+                    path=out)

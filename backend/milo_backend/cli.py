@@ -1,0 +1,165 @@
+"""Command line: maps subcommands to pipeline functions, turns errors into events. No maths here.
+
+Exit codes: 0 success, 2 a user-facing error (an `error` event with a hint), 130 cancelled (SIGINT or
+SIGTERM; a checkpoint was saved and `--resume` continues), 1 an unexpected internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from milo_backend import __version__
+from milo_backend.errors import Cancelled, MiloError
+from milo_backend.events import Reporter
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable JSON-lines events on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from milo_backend.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
+    parser.add_argument("--version", action="version", version=f"milo-backend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sfm", help="structure from motion on a folder of photos -> COLMAP dataset")
+    p.add_argument("images", type=Path)
+    p.add_argument("out", type=Path)
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train Gaussians on a dataset (COLMAP, transforms.json or photos)")
+    p.add_argument("data", type=Path, help="COLMAP dataset, transforms.json dataset or a folder of photos")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--preset", default="default", choices=list(PRESETS))
+    p.add_argument("--scene", default="outdoor", choices=["indoor", "outdoor"])
+    p.add_argument("--iterations", type=int, default=18_000)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
+    p.add_argument("--max-size", type=int, default=None, help="longest image side in pixels")
+    p.add_argument("--eval", action="store_true", help="hold out every 8th image (if no split is given)")
+    p.add_argument("--white-background", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview-every", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("render", help="render a trained run (or a 3DGS PLY) from given cameras")
+    p.add_argument("source", type=Path, help="a run folder (with gaussians.ply) or a Gaussians PLY file")
+    p.add_argument("--cameras", type=Path, required=True, help="cameras.json (this project's format)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the images")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
+    p.add_argument("--white-background", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on held-out views of a trained run (JSON)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_common(p)
+
+    p = sub.add_parser("sample", help="generate the bundled synthetic sample scene")
+    p.add_argument("out", type=Path)
+    p.add_argument("--views", type=int, default=32)
+    p.add_argument("--size", type=int, default=128)
+    _add_common(p)
+
+    p = sub.add_parser("doctor", help="report Python, torch, CUDA, GPU and the GPU extensions (JSON)")
+    p.add_argument("--compile", action="store_true", help="also JIT-compile gsplat/nvdiffrast (minutes)")
+    _add_common(p)
+
+    p = sub.add_parser("bench", help="run benchmarks and write their tables to BENCHMARKS.md")
+    p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh sfm (default train)")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--fox", type=Path, default=None, help="the fox dataset folder (sfm and GPU benchmarks)")
+    _add_common(p)
+    return parser
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    cmd = args.command
+    if cmd == "train":
+        from milo_backend.config import TrainConfig
+        from milo_backend.train import train
+
+        cfg = TrainConfig(iterations=args.iterations, preset=args.preset, scene=args.scene, device=args.device,
+                          renderer=args.renderer, max_size=args.max_size, eval_split=args.eval,
+                          white_background=args.white_background, seed=args.seed,
+                          preview_every=args.preview_every)
+        outputs = train(args.data, args.out, cfg, reporter, resume=args.resume)
+        reporter.done(**outputs)
+    elif cmd == "sfm":
+        from milo_backend.data.sfm import run_sfm
+
+        reporter.attach_log(args.out / "log.jsonl")
+        result = run_sfm(args.images, args.out, reporter)
+        reporter.done(dataset=str(Path(result).resolve()))
+    elif cmd == "render":
+        from milo_backend.evaluate import render_cameras
+
+        paths = render_cameras(args.source, args.cameras, args.out, reporter, device=args.device,
+                               renderer=args.renderer, white_background=args.white_background)
+        reporter.done(images=str(args.out.resolve()), count=len(paths))
+    elif cmd == "eval":
+        import json
+
+        from milo_backend.evaluate import evaluate_run
+
+        metrics = evaluate_run(args.run, reporter, device=args.device)
+        if not args.json:
+            print(json.dumps(metrics, indent=2))
+        reporter.done(**metrics)
+    elif cmd == "sample":
+        from milo_backend.data.synthetic import make_synthetic_scene
+
+        reporter.stage("sample", "Generating the synthetic sample scene")
+        path = make_synthetic_scene(args.out, n_views=args.views, size=args.size, reporter=reporter)
+        reporter.done(dataset=str(path.resolve()))
+    elif cmd == "doctor":
+        import json
+
+        from milo_backend.doctor import doctor
+
+        report = doctor(compile_extensions=args.compile)
+        if not args.json:
+            print(json.dumps(report, indent=2))
+        reporter.done(**report)
+    elif cmd == "bench":
+        from milo_backend.bench.run import run_benchmarks
+
+        run_benchmarks(args.what, args.out, reporter, device=args.device, fox=args.fox)
+        reporter.done(benchmarks=str(args.out.resolve()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    reporter = Reporter(json_mode=getattr(args, "json", False))
+    try:
+        return run(args, reporter)
+    except MiloError as exc:
+        reporter.error(exc.message, exc.hint, exc.path)
+        return 2
+    except Cancelled as exc:
+        reporter.emit("cancelled", message="stopped on request; a checkpoint was saved", checkpoint=str(exc),
+                      hint="run the same command with --resume to continue")
+        return 130
+    except KeyboardInterrupt:
+        reporter.emit("cancelled", message="stopped on request before training started", checkpoint=None,
+                      hint="nothing was lost; run the command again")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: still one readable event, and the trace in the log
+        reporter.log(traceback.format_exc())
+        reporter.error(f"internal error: {type(exc).__name__}: {exc}",
+                       hint="this is a bug; please report it with the log file (OUT/log.jsonl)")
+        return 1
+    finally:
+        reporter.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The training loop. It reads like the schedule table of the method notes (section 1); every piece of
+maths it calls lives in its own module.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from milo_backend import losses
+from milo_backend.atomic import write_json
+from milo_backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from milo_backend.config import SMALLER_PRESET, TrainConfig
+from milo_backend.data.camera import Camera, camera_extent
+from milo_backend.data.dataset import Dataset, load_dataset
+from milo_backend.data.images import ImageCache
+from milo_backend.device import select_device
+from milo_backend.errors import Cancelled, MiloError
+from milo_backend.events import Reporter
+from milo_backend.gaussians import densify
+from milo_backend.gaussians.filter3d import compute_filter_3d
+from milo_backend.gaussians.importance import importance_scores
+from milo_backend.gaussians.init import init_from_points, random_points_in_view
+from milo_backend.gaussians.model import GaussianModel
+from milo_backend.gaussians.optim import make_optimizers, position_lr
+from milo_backend.gaussians.ply import write_ply
+from milo_backend.previews import colorize_depth, normals_image, save_loss_curve, save_panel, to_uint8
+from milo_backend.render import render
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the model: enough to continue bit-for-bit in order."""
+
+    iteration: int = 0
+    order: list[int] = field(default_factory=list)  # remaining camera indices of the current epoch
+    history: list[dict] = field(default_factory=list)  # one record per logged step (loss curve)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks every iteration (checkpoint, then exit)."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (library use): no handler, no flag
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def prepare_output(out: Path, resume: bool) -> None:
+    """Refuse to silently overwrite a previous run; `--resume` continues it."""
+    if resume:
+        if latest_checkpoint(out) is None and not (out / "gaussians.ply").exists():
+            raise MiloError(f"nothing to resume in {out}", hint="run train without --resume", path=out)
+        return
+    if latest_checkpoint(out) is not None or (out / "gaussians.ply").exists():
+        raise MiloError(f"{out} already holds a training run",
+                        hint="add --resume to continue it, or choose another output folder", path=out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def initial_model(dataset: Dataset, cfg: TrainConfig, reporter: Reporter, device) -> GaussianModel:
+    if dataset.points is not None and len(dataset.points) >= 100:
+        pts = torch.as_tensor(dataset.points, dtype=torch.float32)
+        cols = torch.as_tensor(dataset.point_colors, dtype=torch.float32)
+        reporter.log(f"initialising {len(pts)} Gaussians from the sparse point cloud")
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        pts = torch.as_tensor(random_points_in_view(dataset.train_cameras, cfg.init_points, rng), dtype=torch.float32)
+        cols = torch.full_like(pts, 0.5)
+        reporter.warning("no sparse points: initialising Gaussians at random inside the cameras' view",
+                         hint="a COLMAP model or photos (SfM) give a better start")
+    return init_from_points(pts.to(device), cols.to(device))
+
+
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, reporter: Reporter, resume: bool = False) -> dict:
+    out = Path(out)
+    prepare_output(out, resume)
+    reporter.attach_log(out / "log.jsonl")
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    reporter.stage("load", f"Loading {data}")
+    dataset = load_dataset(data, out, reporter, eval_split=cfg.eval_split, max_size=cfg.max_size)
+    cams = dataset.train_cameras
+    if len(cams) < 2:
+        raise MiloError(f"only {len(cams)} training image(s) in {data}", hint="training needs at least 2 views")
+    write_json(out / "cameras.json", {"cameras": [c.to_json() for c in dataset.cameras],
+                                      "extent": camera_extent(cams)})
+    reporter.artifact("cameras", out / "cameras.json")
+    write_json(out / "config.json", cfg.to_json())
+    try:
+        return _train(dataset, out, cfg, reporter, device, resume)
+    except torch.OutOfMemoryError as exc:
+        smaller = SMALLER_PRESET.get(cfg.preset)
+        hint = (f"use --preset {smaller}" if smaller else "use a smaller --max-size") + \
+            " (or --max-size to train on smaller images); then --resume continues from the last checkpoint"
+        raise MiloError(f"the GPU ran out of memory with preset {cfg.preset!r}", hint=hint) from exc
+
+
+def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device, resume: bool) -> dict:
+    cams = dataset.train_cameras
+    sched = cfg.schedule
+    extent = camera_extent(cams)
+    images = ImageCache(device=device)
+    background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
+    state = RunState()
+
+    if resume and latest_checkpoint(out) is not None:
+        ckpt = load_checkpoint(out)
+        model = GaussianModel.from_state_dict(ckpt["model"], device)
+        make_optimizers(model, extent)
+        for k, opt in model.optimizers.items():
+            opt.load_state_dict(ckpt["model"]["optimizers"][k])
+        state = RunState(**ckpt["run"])
+        stats = densify.DensifyStats.from_state_dict(ckpt["densify"], device) if ckpt.get("densify") else None
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate(ckpt["py_rng"])
+        reporter.log(f"resuming at iteration {state.iteration}")
+    else:
+        model = initial_model(dataset, cfg, reporter, device)
+        make_optimizers(model, extent)
+        stats = None
+    if stats is None:
+        stats = densify.DensifyStats.empty(len(model), device)
+    model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
+
+    def save(reason: str = "") -> Path:
+        path = save_checkpoint(out, {
+            "model": model.state_dict(), "run": vars(state), "densify": stats.state_dict(),
+            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_json()})
+        reporter.artifact("checkpoint", path)
+        return path
+
+    def render_at(camera: Camera, with_stats: bool = False):
+        return render(model.splats(), camera, sh_degree=model.active_sh_degree, background=background,
+                      backend=cfg.renderer, with_stats=with_stats)
+
+    def render_stats(camera: Camera):
+        with torch.no_grad():
+            return render_at(camera, with_stats=True)
+
+    n_checkpoints = max(1, cfg.iterations // cfg.checkpoint_every) if cfg.checkpoint_every else 10
+    ckpt_every = max(1, cfg.iterations // n_checkpoints)
+    preview_every = cfg.preview_every or max(1, cfg.iterations // 10)
+    reporter.stage("train", f"Training {cfg.iterations} iterations on {device.type}")
+    last_emit = 0.0
+    with StopFlag() as flag:
+        while state.iteration < cfg.iterations:
+            if flag.stop:
+                path = save()
+                raise Cancelled(str(path))
+            it = state.iteration + 1
+            if not state.order:
+                state.order = random.sample(range(len(cams)), len(cams))
+            cam_full = cams[state.order.pop()]
+            cam = cam_full if it >= sched.full_resolution_from else cam_full.downscaled(2)
+            gt = images.get(cam, background)
+
+            model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
+            for group in model.optimizers["means"].param_groups:
+                group["lr"] = position_lr(it, sched.position_lr_decay_steps, extent)
+
+            out_r = render_at(cam)
+            out_r.means2d.retain_grad()
+            photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
+            loss = photo
+            if it >= sched.depth_normal_from:
+                loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
+                    out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
+            if not torch.isfinite(loss):
+                good = latest_checkpoint(out)
+                raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
+                                hint=(f"the last good checkpoint ({good}) is kept: resume with --resume, or "
+                                      "restart with a lower --max-size") if good else
+                                "restart with different settings (e.g. a lower --max-size)")
+            loss.backward()
+            if it <= sched.densify_until:
+                densify.accumulate(stats, out_r, cam)
+            for opt in model.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            state.iteration = it
+
+            # -- schedule events (section 1 of the method notes) --------------------------------
+            changed = False
+            if sched.is_densify_step(it):
+                densify.densify_and_prune(model, stats, extent, grad_threshold=cfg.densify_grad_threshold,
+                                          prune_opacity=cfg.prune_opacity,
+                                          max_gaussians=cfg.budgets["max_gaussians"])
+                changed = True
+            if sched.is_aggressive_clone_step(it):
+                densify.aggressive_clone(model, cams, render_stats, max_gaussians=cfg.budgets["max_gaussians"])
+                changed = True
+            if it == sched.depth_reinit_at:
+                densify.depth_reinit(model, cams, lambda c: images.get(c, background), render_stats,
+                                     n_points=min(cfg.budgets["max_gaussians"], max(len(model), cfg.init_points)))
+                make_optimizers(model, extent)
+                changed = True
+            if it == sched.simplify_at:
+                scores, _ = importance_scores(render_stats, cams, len(model), scene=cfg.scene)
+                densify.simplify(model, scores, keep_fraction=cfg.simplify_keep_fraction)
+                changed = True
+            if it == sched.simplify2_at:
+                scores, _ = importance_scores(render_stats, cams, len(model), scene=cfg.scene)
+                densify.simplify(model, scores, drop_mass=0.01)
+                changed = True
+            if changed:
+                stats = densify.DensifyStats.empty(len(model), device)
+            if changed or it % sched.filter_3d_every == 0:
+                model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
+
+            # -- reporting ------------------------------------------------------------------------
+            now = time.monotonic()
+            if now - last_emit > 0.2 or it == cfg.iterations:
+                last_emit = now
+                psnr = float(losses.psnr(out_r.color.detach(), gt))
+                record = {"step": it, "loss": float(loss.detach()), "psnr": psnr, "gaussians": len(model)}
+                state.history.append(record)
+                reporter.progress("train", it, cfg.iterations, loss=record["loss"], psnr=psnr,
+                                  gaussians=len(model))
+            if it % preview_every == 0 or it == cfg.iterations:
+                reporter.artifact("preview", write_preview(out, it, cams[0], render_at, images, background))
+            if it % ckpt_every == 0 and it != cfg.iterations:
+                save()
+
+    save()
+    ply = write_ply(model, out / "gaussians.ply")
+    reporter.artifact("gaussians", ply)
+    curve = save_loss_curve(out / "previews" / "loss.png", state.history)
+    if curve:
+        reporter.artifact("loss_curve", curve)
+    outputs = {"gaussians": str(ply.resolve()), "cameras": str((out / "cameras.json").resolve()),
+               "log": str((out / "log.jsonl").resolve())}
+    return outputs
+
+
+def write_preview(out: Path, it: int, camera: Camera, render_at, images: ImageCache, background) -> Path:
+    """Photo | render | depth | normals of the first training view."""
+    with torch.no_grad():
+        r = render_at(camera)
+    tiles = [to_uint8(images.get(camera, background)), to_uint8(r.color), colorize_depth(r.depth_median),
+             normals_image(r.normals)]
+    return save_panel(out / "previews" / f"train_{it:06d}.png", tiles)
