@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point that does all set-up on a fresh machine, then runs what you ask:
+#   bash run.sh demo   - generate the bundled sample scene and reconstruct it (photos -> cameras -> Gaussians)
+#   bash run.sh test   - run the whole test suite
+#   bash run.sh bench  - run the benchmarks and update BENCHMARKS.md
+# Set-up: a virtual environment in .venv (it sees a CUDA PyTorch already installed on the system; else
+# installs the pinned CPU build), the backend package in editable mode and the test tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv --system-site-packages "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  fi
+  if ! "$VENV/bin/python" -c "import milo_backend, pytest, pycolmap, plyfile, pytorch_msssim" 2>/dev/null \
+     || [ backend/pyproject.toml -nt "$VENV/.installed" ]; then
+    "$VENV/bin/python" -m pip install -q -e "backend[test]"
+    touch "$VENV/.installed"
+  fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  demo)
+    setup
+    "$VENV/bin/milo-backend" sample sample/scene
+    # The photos alone (no poses): structure from motion recovers the cameras, then training.
+    resume=()
+    [ -d runs/sample/checkpoints ] && resume=(--resume)   # a second run continues / reuses the first
+    "$VENV/bin/milo-backend" train sample/scene/images runs/sample --iterations "${ITERATIONS:-2000}" \
+        --eval "${resume[@]}" "$@"
+    "$VENV/bin/milo-backend" eval runs/sample
+    ;;
+  test)
+    setup
+    "$VENV/bin/python" -m pytest tests -q "$@"
+    ;;
+  bench)
+    setup
+    "$VENV/bin/milo-backend" bench "$@"
+    ;;
+  *)
+    sed -n '2,7p' "$0"
+    exit 1
+    ;;
+esac
