@@ -1,0 +1,5 @@
+"""bpy-free core of the extension: maths and I/O that run (and are tested) outside Blender.
+
+Modules depend only on the standard library and numpy (Blender ships numpy, not scipy or torch); import them
+directly, e.g. `from milo_blender.core.binding import bind, deform`.
+"""
