@@ -1,0 +1,104 @@
+"""Initial Gaussians: from a point cloud (SfM points, depth samples) or random points the cameras see."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from milo_backend.data.camera import Camera, camera_extent
+from milo_backend.errors import MiloError
+from milo_backend.gaussians.model import GaussianModel
+from milo_backend.gaussians.visibility import visibility
+
+
+def knn_scales(points: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarray:
+    """3DGS initial size: sqrt of the mean squared distance to the k nearest other points (N,).
+
+    Squared distances are clamped at 1e-7 as in 3DGS, so duplicated points still get a positive size.
+    """
+    pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    pts = pts.astype(np.float64, copy=False)
+    n = len(pts)
+    if n < 2:
+        return np.ones(n)  # no neighbour to measure: unit size, densification and the optimiser adapt it
+    k = min(k, n - 1)
+    dist, _ = cKDTree(pts).query(pts, k=k + 1)  # first neighbour is the point itself
+    return np.sqrt(np.maximum((dist[:, 1:] ** 2).mean(axis=1), 1e-7))
+
+
+def init_from_points(points: np.ndarray | torch.Tensor, colors: np.ndarray | torch.Tensor,
+                     opacity: float = 0.1, max_sh_degree: int = 3,
+                     device: torch.device | str | None = None) -> GaussianModel:
+    """Isotropic Gaussians at `points` (N,3) with RGB `colors` (N,3) in [0,1] (uint8 accepted),
+    kNN scales and opacity 0.1 (3DGS). Tensors stay on their device unless `device` is given."""
+    if device is None:
+        device = points.device if isinstance(points, torch.Tensor) else "cpu"
+    pts = torch.as_tensor(points, dtype=torch.float32).to(device).reshape(-1, 3)
+    cols = torch.as_tensor(colors).to(device).reshape(-1, 3)
+    cols = cols.float() / 255.0 if not torch.is_floating_point(cols) else cols.float()
+    if len(pts) == 0:
+        raise MiloError("no points to initialise the Gaussians from",
+                        "the sparse reconstruction is empty: check that the photos overlap, or start "
+                        "from random points (no point cloud)")
+    if len(cols) != len(pts):
+        raise ValueError(f"{len(pts)} points but {len(cols)} colours")
+    scales = torch.as_tensor(knn_scales(pts), dtype=torch.float32, device=device)
+    return GaussianModel.from_points(pts, cols.clamp(0, 1), scales, opacity=opacity, max_sh_degree=max_sh_degree)
+
+
+def view_depth_range(cameras: list[Camera]) -> tuple[float, float]:
+    """Near/far depths that bracket the region the cameras look at, from their layout only.
+
+    The scene centre is the point closest (least squares) to all optical axes; its median depth D in the
+    cameras and the camera extent R give [max(D - R, 0.05 D), D + R]: for cameras on a ring around an
+    object that covers the whole inside of the ring, for a forward-facing capture a slab around D.
+    """
+    centers = np.stack([c.center for c in cameras])
+    axes = np.stack([c.world_to_cam[2, :3] for c in cameras])  # camera z axis in world coordinates
+    extent = camera_extent(cameras)
+    # sum_i (I - a_i a_i^T) (x - c_i) = 0; ill-conditioned when all axes are parallel
+    proj = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
+    a, b = proj.sum(0), np.einsum("nij,nj->i", proj, centers)
+    if np.linalg.cond(a) < 1e6:
+        focus = np.linalg.solve(a, b)
+        depths = np.einsum("ni,ni->n", focus[None] - centers, axes)
+        depth = float(np.median(depths))
+    else:
+        depth = -1.0
+    if not np.isfinite(depth) or depth <= 0:
+        depth = extent  # parallel or diverging axes: assume the scene is about one extent away
+    return max(depth - extent, 0.05 * depth), depth + extent
+
+
+def random_points_in_view(cameras: list[Camera], n: int, rng: np.random.Generator,
+                          min_views: int = 2, max_rounds: int = 50) -> np.ndarray:
+    """`n` random points (float32, (n,3)) inside the cameras' frusta between `view_depth_range` bounds,
+    each seen by at least `min_views` cameras (fewer if there are fewer cameras).
+
+    Each point is a uniformly random pixel of a random camera back-projected to a uniform depth.
+    """
+    near, far = view_depth_range(cameras)
+    min_views = min(min_views, len(cameras))
+    c2w = np.stack([c.cam_to_world for c in cameras])
+    intr = np.array([[c.fx, c.fy, c.cx, c.cy, c.width, c.height] for c in cameras], dtype=np.float64)
+    kept: list[np.ndarray] = []
+    total = 0
+    for _ in range(max_rounds):
+        m = max(2 * (n - total), 1024)
+        cam = rng.integers(0, len(cameras), m)
+        fx, fy, cx, cy, w, h = intr[cam].T
+        u, v = rng.random(m) * w, rng.random(m) * h
+        z = near + rng.random(m) * (far - near)
+        pc = np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=1)
+        pts = np.einsum("nij,nj->ni", c2w[cam, :3, :3], pc) + c2w[cam, :3, 3]
+        seen = visibility(torch.from_numpy(pts), cameras).n_views.numpy()
+        pts = pts[seen >= min_views]
+        kept.append(pts)
+        total += len(pts)
+        if total >= n:
+            break
+    points = np.concatenate(kept)[:n]
+    if len(points) < n:
+        raise MiloError(f"could not place {n} random points seen by {min_views} cameras",
+                        "the cameras do not look at a common region: check the camera poses")
+    return points.astype(np.float32)
