@@ -30,9 +30,12 @@ def property_names(num_sh: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def write_splat_ply(path: str | Path, means: np.ndarray, sh: np.ndarray, opacity_logits: np.ndarray,
-                    log_scales: np.ndarray, quats: np.ndarray) -> Path:
-    """Write Gaussians as a standard 3DGS PLY (atomically). Shapes: (N,3) (N,K,3) (N,) (N,3) (N,4)."""
+def splat_table(means: np.ndarray, sh: np.ndarray, opacity_logits: np.ndarray, log_scales: np.ndarray,
+                quats: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The 3DGS PLY properties as one (N, P) float32 table and their names, in file order.
+
+    Shapes: (N,3) (N,K,3) (N,) (N,3) (N,4). The Blender extension stores these columns as attributes.
+    """
     means = np.asarray(means, dtype=np.float32).reshape(-1, 3)
     n = means.shape[0]
     sh = np.asarray(sh, dtype=np.float32)
@@ -46,7 +49,14 @@ def write_splat_ply(path: str | Path, means: np.ndarray, sh: np.ndarray, opacity
     rest = sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1))
     table = np.concatenate([means, np.zeros((n, 3), np.float32), sh[:, 0, :], rest, opacity_logits,
                             log_scales, quats], axis=1)
-    names = property_names(k)
+    return property_names(k), table
+
+
+def write_splat_ply(path: str | Path, means: np.ndarray, sh: np.ndarray, opacity_logits: np.ndarray,
+                    log_scales: np.ndarray, quats: np.ndarray) -> Path:
+    """Write Gaussians as a standard 3DGS PLY (atomically). Shapes: (N,3) (N,K,3) (N,) (N,3) (N,4)."""
+    names, table = splat_table(means, sh, opacity_logits, log_scales, quats)
+    n = table.shape[0]
     dtype = np.dtype([(name, "<f4") for name in names])
     # one contiguous float32 table reinterpreted as records: no per-field copies for millions of splats
     records = np.ascontiguousarray(table, dtype="<f4").view(dtype).reshape(n)
