@@ -1,0 +1,97 @@
+"""One mesh rasteriser interface with two implementations behind it.
+
+    out = rasterize_mesh(verts, faces, camera, backend="auto")
+
+- `backend="torch"`: pure PyTorch (`raster_torch.py`), CPU or CUDA, differentiable.
+- `backend="nvdiffrast"`: nvdiffrast's CUDA rasteriser (`raster_nvdiffrast.py`), CUDA tensors only;
+  its plugin is JIT-compiled on first use (never at import).
+- `backend="auto"`: nvdiffrast when the tensors are on CUDA and it builds, else torch.
+
+Both return the same `MeshRender`: depth is the view-space z of the surface at each pixel centre,
+antialiased at silhouettes (nvdiffrast's analytic scheme: a pixel next to a silhouette edge is
+blended with its neighbour by how far the edge lies from the midpoint between the two centres),
+so a loss on depth moves silhouette edges; 0 where nothing is hit before antialiasing. Normals are
+the flat unit face normals in view space (OpenCV axes: a face seen from its front side has z < 0).
+Faces with a vertex closer than `near` to the camera plane are clipped by nvdiffrast but dropped by
+the torch rasteriser: pass faces through `cull_to_frustum` first and both agree.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from milo_backend.data.camera import Camera
+
+NEAR = 0.01  # world units, as gsplat's default near plane
+
+
+class MeshRender(NamedTuple):
+    depth: torch.Tensor     # (H,W,1) view-space z, antialiased; differentiable in verts
+    normals: torch.Tensor   # (H,W,3) flat unit face normals, view space; 0 where empty
+    mask: torch.Tensor      # (H,W,1) float coverage (1 where a face covers the pixel centre)
+    face_ids: torch.Tensor  # (H,W) int64 row of `faces` seen at each pixel, -1 where empty
+
+
+def rasterize_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, backend: str = "auto",
+                   near: float = NEAR) -> MeshRender:
+    """Render depth, normals and coverage of the mesh (verts (V,3) world, faces (F,3)) for `camera`."""
+    if backend == "auto":
+        backend = "nvdiffrast" if verts.is_cuda and nvdiffrast_available(verts.device) else "torch"
+    if backend == "torch":
+        from milo_backend.mesh.raster_torch import rasterize_mesh_torch
+        return rasterize_mesh_torch(verts, faces, camera, near=near)
+    if backend == "nvdiffrast":
+        from milo_backend.mesh.raster_nvdiffrast import rasterize_mesh_nvdiffrast
+        return rasterize_mesh_nvdiffrast(verts, faces, camera, near=near)
+    raise ValueError(f"unknown mesh raster backend {backend!r} (use auto, torch or nvdiffrast)")
+
+
+def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
+    """True when CUDA is present and nvdiffrast's CUDA plugin builds/loads (cached per device)."""
+    from milo_backend.mesh import raster_nvdiffrast
+    return raster_nvdiffrast.available(device)
+
+
+# -- shared geometry -----------------------------------------------------------------------------
+def world_to_view(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(V,3) camera coordinates (x right, y down, z forward) of world points."""
+    w2c = torch.as_tensor(camera.world_to_cam, dtype=verts.dtype, device=verts.device)
+    return verts @ w2c[:3, :3].T + w2c[:3, 3]
+
+
+def project(v_cam: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(V,2) pixel coordinates (pixel centres at +0.5) of camera-space points with z > 0."""
+    z = v_cam[:, 2]
+    z = torch.where(z > 0, z, torch.ones_like(z))
+    return torch.stack([camera.fx * v_cam[:, 0] / z + camera.cx,
+                        camera.fy * v_cam[:, 1] / z + camera.cy], dim=1)
+
+
+def face_normals(v_cam: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(F,3) unit normals (b-a) x (c-a) of the faces."""
+    a, b, c = v_cam[faces[:, 0]], v_cam[faces[:, 1]], v_cam[faces[:, 2]]
+    return torch.nn.functional.normalize(torch.cross(b - a, c - a, dim=1), dim=1)
+
+
+def gather_normals(v_cam: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor) -> torch.Tensor:
+    """(H,W,3) flat normals of the faces seen at each pixel, 0 where `face_ids` < 0."""
+    covered = face_ids >= 0
+    out = v_cam.new_zeros(*face_ids.shape, 3)
+    seen = face_ids[covered]
+    out[covered] = face_normals(v_cam, faces[seen])
+    return out
+
+
+@torch.no_grad()
+def cull_to_frustum(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
+                    near: float = NEAR) -> torch.Tensor:
+    """The rows of `faces` worth rasterising for `camera`: every vertex in front of the near plane
+    and not all three vertices beyond the same side of the image. Vertices stay as they are."""
+    v_cam = world_to_view(verts.detach(), camera)
+    z = v_cam[faces, 2]                                                        # (F,3)
+    uv = project(v_cam, camera)[faces]                                         # (F,3,2)
+    in_front = (z > near).all(dim=1)
+    outside = ((uv[..., 0] < 0).all(1) | (uv[..., 0] > camera.width).all(1)
+               | (uv[..., 1] < 0).all(1) | (uv[..., 1] > camera.height).all(1))
+    return faces[in_front & ~outside]
