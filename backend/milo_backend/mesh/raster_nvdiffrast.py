@@ -50,10 +50,10 @@ def clip_space(v_cam: torch.Tensor, camera: Camera, near: float, far: float) -> 
 
 def rasterize_mesh_nvdiffrast(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
                               near: float) -> MeshRender:
-    import nvdiffrast.torch as dr
-
     if not verts.is_cuda:
         raise ValueError("the nvdiffrast mesh rasteriser needs CUDA tensors (use backend='torch')")
+    import nvdiffrast.torch as dr
+
     ctx = _context(verts.device)
     v_cam = world_to_view(verts, camera)
     # Far plane just beyond the mesh keeps the float32 depth buffer precise where the mesh is.

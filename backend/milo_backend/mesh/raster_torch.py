@@ -32,7 +32,8 @@ def rasterize_mesh_torch(verts: torch.Tensor, faces: torch.Tensor, camera: Camer
     z = v_cam[:, 2]
     drawable = torch.nonzero((z.detach()[faces] > near).all(dim=1)).squeeze(1)
     face_ids = visible_faces(uv.detach(), z.detach(), faces[drawable], height, width)
-    face_ids = torch.where(face_ids >= 0, drawable[face_ids.clamp_min(0)], face_ids)
+    if drawable.numel():  # back to rows of the caller's `faces`
+        face_ids = torch.where(face_ids >= 0, drawable[face_ids.clamp_min(0)], face_ids)
 
     depth = _pixel_depth(v_cam, faces, face_ids, camera)
     normals = gather_normals(v_cam, faces, face_ids)
