@@ -1,0 +1,134 @@
+"""Renderer benchmark: forward/backward time and peak memory of both backends on synthetic scenes.
+
+    python -m milo_backend.bench.render [cpu|cuda]
+
+CPU memory is the peak RSS growth of a fresh subprocess that renders one view (tracemalloc does not see
+torch's allocations); CUDA memory is `torch.cuda.max_memory_allocated`.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from milo_backend.data.camera import Camera, look_at
+from milo_backend.render import Splats, gsplat_available, render
+
+BENCHMARKS_FILE = Path(__file__).resolve().parents[3] / "BENCHMARKS.md"
+CPU_CASES = [(128, 20_000), (256, 50_000)]
+CUDA_CASES = [(128, 20_000), (256, 50_000), (1080, 500_000)]
+
+
+def random_scene(n: int, width: int, height: int, *, radius_px: tuple[float, float] = (1.5, 5.0),
+                 sh_degree: int = 3, opacity: tuple[float, float] = (0.05, 0.95), seed: int = 0,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Splats, Camera]:
+    """`n` random anisotropic Gaussians in a cube seen by a camera 4 units away.
+
+    Their projected radius (3 sigma) is drawn in `radius_px` for a Gaussian at the cube's centre."""
+    g = torch.Generator().manual_seed(seed)
+    focal = float(max(width, height))
+    camera = Camera("bench", width, height, fx=focal, fy=focal, cx=width / 2, cy=height / 2,
+                    world_to_cam=look_at([0.0, -4.0, 0.0], [0.0, 0.0, 0.0]))
+    means = (torch.rand(n, 3, generator=g) * 2 - 1) * 1.2
+    sigma_px = torch.empty(n).uniform_(*radius_px, generator=g) / 3
+    scales = (sigma_px * 4.0 / focal)[:, None] * torch.empty(n, 3).uniform_(0.4, 1.6, generator=g)
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    opacities = torch.empty(n).uniform_(*opacity, generator=g)
+    sh = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
+    splats = Splats(*(t.to(device=device, dtype=dtype) for t in (means, quats, scales, opacities, sh)))
+    return splats, camera
+
+
+def _leaf_splats(splats: Splats) -> Splats:
+    return Splats(*(t.detach().clone().requires_grad_(True) for t in splats))
+
+
+def _loss(out) -> torch.Tensor:
+    """Touches every differentiable output, as training does."""
+    return (out.color.sum() + out.alpha.sum() + 0.1 * out.depth_expected.sum()
+            + 0.1 * out.depth_median.sum() + out.normals.sum())
+
+
+def time_render(splats: Splats, camera: Camera, backend: str, repeats: int = 5) -> dict:
+    """Best-of-`repeats` forward and backward seconds (the first call warms up)."""
+    leaves = _leaf_splats(splats)
+    sync = torch.cuda.synchronize if leaves.means.is_cuda else (lambda: None)
+    fwd, bwd = [], []
+    for i in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        out = render(leaves, camera, sh_degree=3, backend=backend)
+        sync()
+        t1 = time.perf_counter()
+        _loss(out).backward()
+        sync()
+        t2 = time.perf_counter()
+        if i:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return {"forward_s": min(fwd), "backward_s": min(bwd), "total_s": min(f + b for f, b in zip(fwd, bwd))}
+
+
+def _peak_rss_child(size: int, n: int) -> None:
+    """Subprocess body: print the max-RSS growth (MB) of one forward+backward render."""
+    import resource
+    torch.set_num_threads(2)
+    splats, camera = random_scene(n, size, size)
+    leaves = _leaf_splats(splats)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _loss(render(leaves, camera, sh_degree=3, backend="torch")).backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_growth_mb": (after - before) / 1024, "peak_rss_mb": after / 1024}))
+
+
+def peak_rss(size: int, n: int) -> dict:
+    code = f"from milo_backend.bench.render import _peak_rss_child; _peak_rss_child({size}, {n})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_render(device: str = "cpu") -> str:
+    """Measure and return the markdown section (see the module notes)."""
+    from milo_backend.bench import markdown_table, section_header
+    torch.set_num_threads(2)
+    rows = []
+    if device == "cpu":
+        for size, n in CPU_CASES:
+            splats, camera = random_scene(n, size, size)
+            t = time_render(splats, camera, "torch")
+            rows.append({"backend": "torch (CPU)", "image": f"{size}x{size}", "gaussians": n,
+                         "forward s": t["forward_s"], "backward s": t["backward_s"],
+                         "fwd+bwd s": t["total_s"], **{"peak RSS growth MB": peak_rss(size, n)["peak_rss_growth_mb"]}})
+    else:
+        backends = ["torch"] + (["gsplat"] if gsplat_available() else [])
+        for size, n in CUDA_CASES:
+            splats, camera = random_scene(n, size, size, device="cuda")
+            for backend in backends:
+                torch.cuda.reset_peak_memory_stats()
+                t = time_render(splats, camera, backend)
+                rows.append({"backend": f"{backend} (CUDA)", "image": f"{size}x{size}", "gaussians": n,
+                             "forward s": t["forward_s"], "backward s": t["backward_s"],
+                             "fwd+bwd s": t["total_s"], "it/s": 1.0 / t["total_s"],
+                             "peak GPU MB": torch.cuda.max_memory_allocated() / 2 ** 20})
+    md = section_header("Gaussian renderer", f"python -m milo_backend.bench.render {device}", device)
+    md += ("Random anisotropic Gaussians (3-sigma radius 1.5-5 px at the scene centre, opacity 0.05-0.95, "
+           "SH degree 3); one view; loss touches colour, alpha, both depths and normals; best of 5.\n\n")
+    return md + markdown_table(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from milo_backend.bench import write_section
+    argv = sys.argv[1:] if argv is None else argv
+    device = argv[0] if argv else ("cuda" if torch.cuda.is_available() else "cpu")
+    md = bench_render(device)
+    print(md)
+    # CPU and CUDA figures live in separate sections so measuring one keeps the other
+    write_section("render" if device == "cpu" else "render-cuda", md, BENCHMARKS_FILE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Front-to-back alpha compositing of projected Gaussians over per-tile lists, with a hand-written backward.
+
+Semantics are gsplat 1.5.3's "classic" kernel (so the torch and gsplat renderers agree):
+  alpha = min(ALPHA_MAX, o exp(-sigma)), sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = x_mean - pixel centre;
+  pairs with alpha < 1/255 (or sigma < 0) are skipped; a pixel stops *before* the Gaussian that would
+  bring its transmittance T to <= 1e-4; the weight of a Gaussian is w = alpha T_before.
+Extra per-pixel outputs: the Gaussian at which T first drops below 0.5 (median depth) and the
+max-weight Gaussian; per Gaussian: weight sums and touched-pixel counts (importance, densification).
+
+How it is vectorised (no Python loop over tiles or Gaussians): each (tile, Gaussian) entry of the tile
+lists expands to the pixels of its bounding box inside that tile (the box is exactly where alpha can reach
+1/255, see `project.py`), giving sparse (pixel, Gaussian) candidates. One stable sort by pixel (entries
+are already front to back) makes each pixel's pairs contiguous, and transmittances are an exclusive
+segmented cumsum of log(1 - alpha) (float64: the running sum spans many pixels). Pixels are numbered
+tile-major (tile * 256 + row-in-tile * 16 + column-in-tile) so a chunk of consecutive tiles owns a
+contiguous slice of the output. Chunks hold about `PAIR_BUDGET` candidates, bounding memory. The forward
+keeps the few numbers the backward needs per contributing pair (or, past `STORE_BUDGET` bytes, lets the
+backward recompute them), and the backward uses the closed form
+  dC/da_k = T_k f_k - (sum_{i>k} w_i f_i + T_final bg) / (1 - a_k)
+with a segmented suffix sum (the background part enters through the alpha output).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from milo_backend.render.project import ALPHA_THRESHOLD
+from milo_backend.render.tiles import TileLists
+
+ALPHA_MAX = 0.999          # gsplat 1.5.3's clamp (the original 3DGS kernel uses 0.99)
+TRANSMITTANCE_MIN = 1e-4   # a pixel is done once T would reach this
+MEDIAN_TRANSMITTANCE = 0.5
+PAIR_BUDGET = 1 << 20      # candidate (pixel, Gaussian) pairs per chunk: ~100 MB of temporaries
+MAX_CHUNK_PIXELS = 1 << 15  # chunk-local pixel keys fit int16 (the fastest stable sort keys)
+STORE_BUDGET = 1 << 30     # bytes of per-pair data kept for the backward before recomputing instead
+
+
+class CompositeResult(NamedTuple):
+    features: torch.Tensor | None        # (H,W,D) sum of w f (no background)
+    alpha: torch.Tensor                  # (H,W,1) 1 - final transmittance
+    median_id: torch.Tensor              # (H,W) int64 Gaussian where T crosses 0.5, -1 if none
+    max_weight_id: torch.Tensor | None   # (H,W) int64 max-weight Gaussian, -1 if none
+    weight_sum: torch.Tensor | None      # (N,) sum of w over pixels
+    pixels_touched: torch.Tensor | None  # (N,) number of pixels with w > 0
+
+
+class _Plan(NamedTuple):
+    """Per tile-list entry: the pixel rectangle its Gaussian's box covers inside the tile."""
+
+    gaussian: torch.Tensor  # (E,) int64
+    key0: torch.Tensor      # (E,) int64 tile-major pixel index of the rectangle's first pixel
+    dx0: torch.Tensor       # (E,) float  mean_x - centre_x of that pixel (dx of later columns: dx0 - col)
+    dy0: torch.Tensor       # (E,) float
+    w: torch.Tensor         # (E,) int64 columns
+    count: torch.Tensor     # (E,) int64 pixels = columns * rows
+    chunks: list            # [(t0, t1, e0, e1)] consecutive tiles and their entries
+    tile_size: int
+    tile_pixels: int        # tile_size ** 2
+
+
+class _Pairs(NamedTuple):
+    """Contributing (pixel, Gaussian) pairs of one chunk: sorted by pixel, then front to back."""
+
+    key: torch.Tensor       # int64 chunk-local tile-major pixel index
+    g: torch.Tensor         # int64 Gaussian index
+    alpha: torch.Tensor
+    t_before: torch.Tensor  # transmittance in front of the Gaussian
+    dx: torch.Tensor
+    dy: torch.Tensor
+    vis: torch.Tensor       # exp(-sigma)
+
+
+@torch.no_grad()
+def plan_pairs(means2d: torch.Tensor, radii: torch.Tensor, tiles: TileLists, width: int, height: int,
+               pair_budget: int = PAIR_BUDGET) -> _Plan:
+    """Pixel rectangles of all tile-list entries, and their grouping into bounded chunks of tiles."""
+    device = means2d.device
+    ts = tiles.tile_size
+    n_tiles = tiles.tiles_x * tiles.tiles_y
+    per_tile = tiles.offsets[1:] - tiles.offsets[:-1]
+    tile = torch.repeat_interleave(torch.arange(n_tiles, device=device), per_tile,
+                                   output_size=tiles.flatten_ids.numel())
+    g = tiles.flatten_ids
+    m = means2d.detach().index_select(0, g)
+    r = radii.index_select(0, g).to(torch.float64)
+    mx, my = m[:, 0].double(), m[:, 1].double()
+    # pixel j is inside the box when its centre j + 0.5 lies within [mean - r, mean + r]
+    gx0 = torch.ceil(mx - r[:, 0] - 0.5).long()
+    gx1 = torch.floor(mx + r[:, 0] - 0.5).long() + 1
+    gy0 = torch.ceil(my - r[:, 1] - 0.5).long()
+    gy1 = torch.floor(my + r[:, 1] - 0.5).long() + 1
+    tx0 = (tile % tiles.tiles_x) * ts
+    ty0 = torch.div(tile, tiles.tiles_x, rounding_mode="floor") * ts
+    x0 = torch.maximum(gx0, tx0)
+    y0 = torch.maximum(gy0, ty0)
+    w = (torch.minimum(gx1, (tx0 + ts).clamp_max(width)) - x0).clamp_min(0)
+    h = (torch.minimum(gy1, (ty0 + ts).clamp_max(height)) - y0).clamp_min(0)
+    count = w * h
+    key0 = tile * ts * ts + (y0 - ty0) * ts + (x0 - tx0)
+    dx0 = (m[:, 0] - (x0.to(m.dtype) + 0.5))
+    dy0 = (m[:, 1] - (y0.to(m.dtype) + 0.5))
+
+    # chunks: consecutive tiles, at most MAX_CHUNK_PIXELS pixels, closed once pair_budget candidates are reached
+    max_tiles = max(1, MAX_CHUNK_PIXELS // (ts * ts))
+    cum = torch.zeros(len(count) + 1, dtype=torch.int64, device=device)
+    cum[1:] = torch.cumsum(count, 0)
+    offsets = tiles.offsets.tolist()
+    pairs_before_tile = cum[tiles.offsets].tolist()
+    chunks, t0 = [], 0
+    for t in range(1, n_tiles + 1):
+        if (t == n_tiles or t - t0 == max_tiles
+                or pairs_before_tile[t + 1] - pairs_before_tile[t0] > pair_budget):
+            if pairs_before_tile[t] > pairs_before_tile[t0]:
+                chunks.append((t0, t, offsets[t0], offsets[t]))
+            t0 = t
+    return _Plan(g, key0, dx0, dy0, w, count, chunks, ts, ts * ts)
+
+
+def _chunk_pairs(plan: _Plan, chunk: tuple, table: torch.Tensor) -> _Pairs | None:
+    """Expand a chunk's entries to pixels, keep the contributing pairs, order them, get T.
+
+    `table` holds per Gaussian (x, y, conic a, b, c, opacity)."""
+    t0, _, e0, e1 = chunk
+    device = table.device
+    n = plan.count[e0:e1]
+    total = int(n.sum())
+    if total == 0:
+        return None
+    ent = torch.repeat_interleave(torch.arange(e0, e1, device=device), n, output_size=total)
+    local = torch.arange(total, device=device) - (torch.cumsum(n, 0) - n).index_select(0, ent - e0)
+    w = plan.w.index_select(0, ent)
+    row = torch.div(local, w, rounding_mode="floor")
+    col = local - row * w
+    del local, w
+    g = plan.gaussian.index_select(0, ent)
+    conic = table.index_select(0, g)[:, 2:]  # a, b, c, opacity
+    dx = plan.dx0.index_select(0, ent) - col
+    dy = plan.dy0.index_select(0, ent) - row
+    sigma = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
+    vis = torch.exp(-sigma)
+    alpha = (conic[:, 3] * vis).clamp_max(ALPHA_MAX)
+    idx = ((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
+    key = (plan.key0.index_select(0, ent.index_select(0, idx)) - t0 * plan.tile_pixels
+           + row.index_select(0, idx) * plan.tile_size + col.index_select(0, idx))
+    del ent, row, col, sigma, conic
+    # one stable sort by pixel keeps each pixel's Gaussians front to back (int16 keys sort fastest)
+    key, perm = torch.sort(key.to(torch.int16), stable=True)
+    sel = idx.index_select(0, perm)
+    g, alpha, dx, dy, vis = (t.index_select(0, sel) for t in (g, alpha, dx, dy, vis))
+    key = key.long()
+
+    seg = _segments(key)
+    log1m = torch.log1p(-alpha).double()
+    excl = torch.cumsum(log1m, 0) - log1m
+    t_before = torch.exp(excl - excl.index_select(0, seg)).to(alpha.dtype)
+    # a pixel stops before the Gaussian that would bring T to <= 1e-4: a prefix of each run survives
+    kept = (t_before * (1.0 - alpha) > TRANSMITTANCE_MIN).nonzero().squeeze(1)
+    return _Pairs(*(t.index_select(0, kept) for t in (key, g, alpha, t_before, dx, dy, vis)))
+
+
+def _segments(key: torch.Tensor) -> torch.Tensor:
+    """Per pair, the index of the first pair of its pixel (pairs sorted by pixel)."""
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    return torch.nonzero(first).squeeze(1).index_select(0, torch.cumsum(first, 0) - 1)
+
+
+def composite_forward(plan: _Plan, table: torch.Tensor, features: torch.Tensor | None, n_pixels: int,
+                      with_stats: bool, store: bool):
+    """Forward pass on tile-major pixels. Returns (features, alpha, median_id, max_id, weight_sum,
+    touched, t_final, stored pairs per chunk)."""
+    device, dtype, n = table.device, table.dtype, table.shape[0]
+    feat = None if features is None else torch.zeros(n_pixels, features.shape[1], dtype=features.dtype,
+                                                      device=device)
+    t_final = torch.ones(n_pixels, dtype=dtype, device=device)
+    median_id = torch.full((n_pixels,), -1, dtype=torch.int64, device=device)
+    max_id = torch.full((n_pixels,), -1, dtype=torch.int64, device=device) if with_stats else None
+    weight_sum = torch.zeros(n, dtype=dtype, device=device) if with_stats else None
+    touched = torch.zeros(n, dtype=torch.int64, device=device) if with_stats else None
+    stored, stored_bytes = [], 0
+    for chunk in plan.chunks:
+        t0, t1 = chunk[0] * plan.tile_pixels, chunk[1] * plan.tile_pixels
+        p = _chunk_pairs(plan, chunk, table)
+        keep_this = p is not None and store and stored_bytes < STORE_BUDGET
+        stored.append(p if keep_this else None)
+        if p is None:
+            continue
+        stored_bytes += len(p.key) * 7 * 8 if keep_this else 0
+        weight = p.alpha * p.t_before
+        if feat is not None:
+            feat[t0:t1].index_add_(0, p.key, weight[:, None] * features.index_select(0, p.g))
+        log_t = torch.zeros(t1 - t0, dtype=torch.float64, device=device)
+        log_t.index_add_(0, p.key, torch.log1p(-p.alpha).double())
+        t_final[t0:t1] = torch.exp(log_t).to(dtype)
+        t_after = p.t_before * (1.0 - p.alpha)
+        crossing = ((p.t_before >= MEDIAN_TRANSMITTANCE) & (t_after < MEDIAN_TRANSMITTANCE)).nonzero().squeeze(1)
+        median_id[t0:t1].index_copy_(0, p.key.index_select(0, crossing), p.g.index_select(0, crossing))
+        if with_stats:
+            w_max = torch.zeros(t1 - t0, dtype=dtype, device=device).scatter_reduce_(0, p.key, weight, "amax")
+            is_max = ((weight > 0) & (weight == w_max.index_select(0, p.key))).nonzero().squeeze(1)
+            # on exact ties the front-most Gaussian wins
+            first = torch.full((t1 - t0,), len(weight), dtype=torch.int64, device=device)
+            first.scatter_reduce_(0, p.key.index_select(0, is_max), is_max, "amin")
+            has = (first < len(weight)).nonzero().squeeze(1)
+            max_id[t0:t1].index_copy_(0, has, p.g.index_select(0, first.index_select(0, has)))
+            weight_sum.index_add_(0, p.g, weight)
+            touched.index_add_(0, p.g, torch.ones_like(p.g))
+    return feat, 1.0 - t_final, median_id, max_id, weight_sum, touched, t_final, stored
+
+
+def composite_backward(plan: _Plan, table: torch.Tensor, features: torch.Tensor, t_final: torch.Tensor,
+                       grad_feat: torch.Tensor, grad_alpha: torch.Tensor, stored: list):
+    """Gradients w.r.t. the table columns (x, y, a, b, c, opacity) and the features."""
+    grad_table = torch.zeros_like(table)
+    grad_features = torch.zeros_like(features)
+    for chunk, p in zip(plan.chunks, stored):
+        p = p if p is not None else _chunk_pairs(plan, chunk, table)
+        if p is None:
+            continue
+        t0, t1 = chunk[0] * plan.tile_pixels, chunk[1] * plan.tile_pixels
+        g_pix = grad_feat[t0:t1].index_select(0, p.key)
+        dot = (features.index_select(0, p.g) * g_pix).sum(1)
+        weight = p.alpha * p.t_before
+        grad_features.index_add_(0, p.g, weight[:, None] * g_pix)
+        # sum over the pixel's later Gaussians of w <f, dL/dC>: the pixel's total minus the inclusive prefix
+        q = (weight * dot).double()
+        prefix = torch.cumsum(q, 0)
+        prefix = prefix - (prefix - q).index_select(0, _segments(p.key))
+        total = torch.zeros(t1 - t0, dtype=torch.float64, device=q.device).index_add_(0, p.key, q)
+        behind = (total.index_select(0, p.key) - prefix).to(dot.dtype)
+        from_alpha = (grad_alpha[t0:t1] * t_final[t0:t1]).index_select(0, p.key)
+        d_alpha = p.t_before * dot + (from_alpha - behind) / (1.0 - p.alpha)
+        conic = table.index_select(0, p.g)[:, 2:]
+        # the clamp at ALPHA_MAX cuts the gradient, as in gsplat
+        d_alpha = torch.where(conic[:, 3] * p.vis <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+        v_sigma = -p.alpha * d_alpha
+        dx, dy = p.dx, p.dy
+        grads = torch.stack([v_sigma * (conic[:, 0] * dx + conic[:, 1] * dy),
+                             v_sigma * (conic[:, 1] * dx + conic[:, 2] * dy),
+                             0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy,
+                             p.vis * d_alpha], dim=1)
+        grad_table.index_add_(0, p.g, grads)
+    return grad_table, grad_features
+
+
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, plan, n_pixels, with_stats):
+        table = torch.cat([means2d, conics, opacities[:, None]], dim=1).detach()
+        feats = features.detach()
+        feat, alpha, median_id, max_id, weight_sum, touched, t_final, stored = composite_forward(
+            plan, table, feats, n_pixels, with_stats, store=True)
+        ctx.save_for_backward(table, feats, t_final)
+        ctx.plan, ctx.stored = plan, stored
+        outs = (feat, alpha, median_id) + ((max_id, weight_sum, touched) if with_stats else ())
+        ctx.mark_non_differentiable(*outs[2:])
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_feat, grad_alpha, *_):
+        table, features, t_final = ctx.saved_tensors
+        grad_table, grad_features = composite_backward(ctx.plan, table, features, t_final,
+                                                       grad_feat.contiguous(), grad_alpha.contiguous(),
+                                                       ctx.stored)
+        return grad_table[:, :2], grad_table[:, 2:5], grad_table[:, 5], grad_features, None, None, None
+
+
+def tiles_to_image(x: torch.Tensor, tiles: TileLists, width: int, height: int) -> torch.Tensor:
+    """Tile-major pixels (n_tiles * ts^2, ...) -> row-major image (H, W, ...)."""
+    ts = tiles.tile_size
+    rest = x.shape[1:]
+    img = x.reshape(tiles.tiles_y, tiles.tiles_x, ts, ts, *rest).transpose(1, 2)
+    return img.reshape(tiles.tiles_y * ts, tiles.tiles_x * ts, *rest)[:height, :width]
+
+
+def composite(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
+              features: torch.Tensor | None, radii: torch.Tensor, tiles: TileLists, width: int,
+              height: int, with_stats: bool = False) -> CompositeResult:
+    """Composite N projected Gaussians carrying `features` (N,D) into an image (see the module notes).
+
+    Differentiable w.r.t. means2d, conics, opacities and features when gradients are enabled;
+    `features=None` computes only alpha, the median ids and the statistics.
+    """
+    plan = plan_pairs(means2d, radii, tiles, width, height)
+    n_pixels = tiles.tiles_x * tiles.tiles_y * tiles.tile_size ** 2
+    if features is None or not torch.is_grad_enabled():
+        table = torch.cat([means2d, conics, opacities[:, None]], dim=1).detach()
+        feats = None if features is None else features.detach()
+        outs = composite_forward(plan, table, feats, n_pixels, with_stats, store=False)[:6]
+    else:
+        outs = _Composite.apply(means2d, conics, opacities, features, plan, n_pixels, with_stats)
+        outs = tuple(outs) + ((None, None, None) if not with_stats else ())
+    feat, alpha, median_id, max_id, weight_sum, touched = outs
+
+    def image(x):
+        return None if x is None else tiles_to_image(x, tiles, width, height)
+    return CompositeResult(image(feat), image(alpha[:, None]), image(median_id), image(max_id),
+                           weight_sum, touched)
