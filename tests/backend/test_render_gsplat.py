@@ -1,0 +1,110 @@
+"""gsplat backend: importable everywhere; on CUDA it must agree with the torch renderer (values, gradients,
+and the result of a short optimisation)."""
+import math
+
+import pytest
+import torch
+
+from milo_backend.bench.render import random_scene
+from milo_backend.render import Splats, gsplat_available, render
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gsplat = pytest.mark.skipif(not torch.cuda.is_available() or not gsplat_available(),
+                                  reason="gsplat backend needs a CUDA GPU and compiled gsplat kernels")
+
+
+def test_gsplat_backend_imports_without_cuda_and_refuses_cpu_tensors():
+    from milo_backend.render.gsplat_raster import render_gsplat
+    splats, camera = random_scene(10, 16, 16)
+    with pytest.raises(ValueError, match="CUDA"):
+        render_gsplat(splats, camera, sh_degree=0)
+
+
+def test_auto_backend_on_cpu_is_torch():
+    splats, camera = random_scene(50, 24, 24)
+    auto = render(splats, camera, sh_degree=3)
+    torch_out = render(splats, camera, sh_degree=3, backend="torch")
+    torch.testing.assert_close(auto.color, torch_out.color)
+
+
+def leaves(splats):
+    return Splats(*(t.detach().clone().requires_grad_(True) for t in splats))
+
+
+def loss_of(out):
+    return (out.color.square().sum() + out.alpha.sum() + 0.3 * out.depth_expected.sum()
+            + 0.2 * out.depth_median.sum() + (out.normals * torch.tensor([0.3, -0.5, 0.8], device=out.normals.device)).sum())
+
+
+@needs_gsplat
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_gsplat_and_torch_agree_on_values_and_gradients(with_stats):
+    splats, camera = random_scene(3000, 96, 80, radius_px=(1.5, 12.0), device="cuda", seed=3)
+    bg = torch.tensor([0.1, 0.4, 0.8], device="cuda")
+    outs, grads = {}, {}
+    for backend in ("torch", "gsplat"):
+        sp = leaves(splats)
+        out = render(sp, camera, sh_degree=3, background=bg, backend=backend, with_stats=with_stats)
+        loss_of(out).backward()
+        outs[backend], grads[backend] = out, [t.grad for t in sp] + [out.means2d.grad]
+    t, g = outs["torch"], outs["gsplat"]
+    assert t.alpha.mean() > 0.3
+    torch.testing.assert_close(g.radii, t.radii)
+    visible = t.radii > 0
+    torch.testing.assert_close(g.means2d[visible], t.means2d[visible], atol=1e-3, rtol=1e-5)
+    for key in ("color", "alpha", "depth_expected", "normals"):
+        torch.testing.assert_close(getattr(g, key), getattr(t, key), atol=2e-3, rtol=1e-3, msg=key)
+    # median depth picks one Gaussian per pixel: allow a few pixels to resolve a T = 0.5 tie differently
+    same = torch.isclose(g.depth_median, t.depth_median, atol=1e-4, rtol=1e-5)
+    assert same.float().mean() > 0.995
+    if with_stats:
+        torch.testing.assert_close(g.weight_sum, t.weight_sum, atol=2e-2, rtol=1e-3)
+        assert (g.max_weight_id == t.max_weight_id).float().mean() > 0.995
+        assert (g.pixels_touched - t.pixels_touched).abs().sum() <= 0.002 * t.pixels_touched.sum()
+    for name, a, b in zip(("means", "quats", "scales", "opacities", "sh", "means2d"), grads["gsplat"], grads["torch"]):
+        rel = (a - b).norm() / b.norm()
+        assert rel < 2e-2, f"{name} gradients differ by {rel:.3g} (relative)"
+
+
+@needs_cuda
+def test_torch_path_is_identical_on_cpu_and_cuda():
+    splats, camera = random_scene(500, 48, 40, device="cpu", seed=4)
+    cpu = render(splats, camera, sh_degree=3, backend="torch", with_stats=True)
+    gpu = render(Splats(*(t.cuda() for t in splats)), camera, sh_degree=3, backend="torch", with_stats=True)
+    for key in ("color", "alpha", "depth_expected", "depth_median", "normals", "weight_sum"):
+        torch.testing.assert_close(getattr(gpu, key).cpu(), getattr(cpu, key), atol=1e-4, rtol=1e-4, msg=key)
+
+
+def psnr(a, b):
+    return -10 * math.log10(float(((a - b) ** 2).mean()))
+
+
+def fit(backend, target, init, camera, steps=300):
+    params = [t.detach().clone().requires_grad_(True) for t in init]
+    opt = torch.optim.Adam([{"params": [params[0]], "lr": 2e-3}, {"params": [params[1]], "lr": 1e-2},
+                            {"params": [params[2]], "lr": 5e-3}, {"params": [params[3]], "lr": 2e-2},
+                            {"params": [params[4]], "lr": 1e-2}])
+    for _ in range(steps):
+        means, quats, log_scales, logit_opac, sh = params
+        splats = Splats(means, torch.nn.functional.normalize(quats, dim=-1), log_scales.exp(),
+                        torch.sigmoid(logit_opac), sh)
+        out = render(splats, camera, sh_degree=0, background=torch.zeros(3, device="cuda"), backend=backend)
+        loss = (out.color - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return psnr(render(splats, camera, sh_degree=0, backend=backend).color, target)
+
+
+@needs_gsplat
+def test_short_optimisation_reaches_the_same_psnr_with_both_backends():
+    truth, camera = random_scene(400, 64, 64, sh_degree=0, device="cuda", seed=10, radius_px=(3.0, 10.0))
+    with torch.no_grad():
+        target = render(truth, camera, sh_degree=0, backend="torch").color
+    guess, _ = random_scene(400, 64, 64, sh_degree=0, device="cuda", seed=11, radius_px=(3.0, 10.0))
+    init = (guess.means, guess.quats, guess.scales.log(), torch.logit(guess.opacities), guess.sh)
+    start = psnr(render(guess, camera, sh_degree=0, backend="torch").color, target)
+    results = {backend: fit(backend, target, init, camera) for backend in ("torch", "gsplat")}
+    assert results["torch"] > start + 5, (start, results)
+    assert abs(results["torch"] - results["gsplat"]) < 1.0, results
