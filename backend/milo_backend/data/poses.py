@@ -27,8 +27,11 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
 
 
 def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
-    cos = (np.trace(Ra @ Rb.T) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    """Angle of Ra Rb^T; atan2 of sin and cos keeps small angles exact (arccos alone loses ~1e-6 deg)."""
+    rel = Ra @ Rb.T
+    sin = np.linalg.norm(rel - rel.T) / (2.0 * np.sqrt(2.0))
+    cos = (np.trace(rel) - 1.0) / 2.0
+    return float(np.degrees(np.arctan2(sin, cos)))
 
 
 def pose_key(name: str) -> str:

@@ -174,6 +174,7 @@ def read_transforms(root: str | Path, reporter: Reporter | None = None) -> list[
         for i, frame, path in entries:
             if frame["file_path"] in skip:
                 continue
+            world_to_cam = _pose(frame, i, source)
             cam = frame_intrinsics({**global_meta, **{k: frame[k] for k in INTRINSIC_KEYS if k in frame}},
                                    path, f"Frame {i}", source)
             split = file_split or ("test" if str(frame.get("split", "train")).lower() in ("test", "val") else "train")
@@ -183,7 +184,7 @@ def read_transforms(root: str | Path, reporter: Reporter | None = None) -> list[
                 name = path.name
             views.append((Camera(name=name, width=cam.width, height=cam.height, fx=cam.focal_length_x,
                                  fy=cam.focal_length_y, cx=cam.principal_point_x, cy=cam.principal_point_y,
-                                 world_to_cam=_pose(frame, i, source), image_path=path, split=split), cam))
+                                 world_to_cam=world_to_cam, image_path=path, split=split), cam))
     views.sort(key=lambda v: (v[0].split != "train", natural_key(v[0].name)))
     return views
 

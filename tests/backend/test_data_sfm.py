@@ -1,0 +1,158 @@
+"""Structure from motion on a small ray-cast scene (textured box in a textured room), and on photos
+that cannot register. The scene is rendered here with numpy so the true camera poses are known."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from milo_backend.data.camera import Camera, look_at
+from milo_backend.data.dataset import load_dataset
+from milo_backend.data.poses import compare_poses
+from milo_backend.data.sfm import SfmOptions, run_sfm
+from milo_backend.errors import MiloError
+from milo_backend.events import NullReporter
+
+W, H = 320, 240
+FOCAL = 0.5 * W / np.tan(np.radians(32))
+N_VIEWS = 14
+TEX = 384
+
+
+def texture(rng: np.random.Generator) -> np.ndarray:
+    """Blob-like multi-scale colour noise: many repeatable SIFT features, no aliasing."""
+    fine = gaussian_filter(rng.random((TEX, TEX, 3)), sigma=(2.0, 2.0, 0))
+    coarse = gaussian_filter(rng.random((TEX // 8, TEX // 8, 3)), sigma=(1.0, 1.0, 0)).repeat(8, 0).repeat(8, 1)
+    tex = fine + 0.5 * coarse
+    tex = (tex - tex.mean()) / (tex.std() * 4) + 0.5
+    return np.clip(tex, 0, 1)
+
+
+def scene_rectangles(rng: np.random.Generator) -> list:
+    """(axis, value, u_axis, u_range, v_axis, v_range, texture): floor, four walls, five box faces."""
+    room, height, box = 5.0, 3.0, ((-0.6, 0.6), (-0.5, 0.5), (0.0, 0.9))
+    rects = [(2, 0.0, 0, (-room, room), 1, (-room, room))]
+    rects += [(0, s * room, 1, (-room, room), 2, (0, height)) for s in (-1, 1)]
+    rects += [(1, s * room, 0, (-room, room), 2, (0, height)) for s in (-1, 1)]
+    rects += [(0, box[0][i], 1, box[1], 2, box[2]) for i in (0, 1)]
+    rects += [(1, box[1][i], 0, box[0], 2, box[2]) for i in (0, 1)]
+    rects += [(2, box[2][1], 0, box[0], 1, box[1])]
+    return [r + (texture(rng),) for r in rects]
+
+
+def raycast(origin: np.ndarray, dirs: np.ndarray, rects: list) -> np.ndarray:
+    best_t = np.full(len(dirs), np.inf)
+    color = np.full((len(dirs), 3), 0.5)
+    for axis, value, ua, ur, va, vr, tex in rects:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (value - origin[axis]) / dirs[:, axis]
+        p = origin + t[:, None] * dirs
+        u = (p[:, ua] - ur[0]) / (ur[1] - ur[0])
+        v = (p[:, va] - vr[0]) / (vr[1] - vr[0])
+        hit = (t > 1e-6) & (t < best_t) & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+        if hit.any():
+            coords = [v[hit] * (TEX - 1), u[hit] * (TEX - 1)]
+            color[hit] = np.stack([map_coordinates(tex[..., c], coords, order=1) for c in range(3)], 1)
+            best_t[hit] = t[hit]
+    return color
+
+
+def render(w2c: np.ndarray, rects: list, width: int, height: int, supersample: int = 2) -> np.ndarray:
+    f = FOCAL * width / W
+    u, v = np.meshgrid((np.arange(width * supersample) + 0.5) / supersample,
+                       (np.arange(height * supersample) + 0.5) / supersample)
+    rays = np.stack([(u - width / 2) / f, (v - height / 2) / f, np.ones_like(u)], -1).reshape(-1, 3)
+    R, c = w2c[:3, :3], -w2c[:3, :3].T @ w2c[:3, 3]
+    img = raycast(c, rays @ R, rects).reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+    return (img * 255).round().astype(np.uint8)
+
+
+def scene_cameras() -> list[Camera]:
+    cams = []
+    for i in range(N_VIEWS):
+        a = 2 * np.pi * 0.75 * i / N_VIEWS  # a 270 degree arc around the box
+        eye = (2.6 * np.cos(a), 2.6 * np.sin(a), 1.4 + 0.2 * np.sin(3 * a))
+        cams.append(Camera(f"vue n°{i:02d}.png", W, H, FOCAL, FOCAL, W / 2, H / 2, look_at(eye, (0, 0, 0.4))))
+    return cams
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> tuple[Path, list[Camera]]:
+    """14 photos in a folder with spaces and accents; 4 at a larger size (another camera), one stored
+    sideways with an EXIF orientation tag."""
+    folder = tmp_path_factory.mktemp("sfm") / "mes photos é"
+    folder.mkdir()
+    rects = scene_rectangles(np.random.default_rng(7))
+    cams = scene_cameras()
+    for i, cam in enumerate(cams):
+        big = i % 4 == 1
+        img = render(cam.world_to_cam, rects, 400 if big else W, 300 if big else H)
+        if i == 6:  # stored rotated 90 degrees counter-clockwise; EXIF 6 says "rotate clockwise to view"
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            Image.fromarray(np.rot90(img, 1)).save(folder / cam.name.replace(".png", ".jpg"), exif=exif, quality=95)
+        else:
+            Image.fromarray(img).save(folder / cam.name)
+    return folder, cams
+
+
+def test_sfm_registers_every_photo_with_the_true_poses(scene, tmp_path):
+    folder, truth = scene
+    rep = NullReporter()
+    out = run_sfm(folder, tmp_path / "sfm out", rep, SfmOptions(max_image_size=640))
+    stages = [e["stage"] for e in rep.of("stage")]
+    assert stages == ["sfm:features", "sfm:matching", "sfm:mapping", "sfm:undistort"]
+    assert all(rep.of("progress")) and not rep.of("warning")
+    summary = json.loads((out / "sfm.json").read_text())
+    assert (summary["registered"], summary["total"]) == (N_VIEWS, N_VIEWS)
+    assert summary["mean_reprojection_error"] < 1.0
+
+    ds = load_dataset(out, tmp_path / "work")  # the result is a plain COLMAP dataset
+    assert len(ds.cameras) == N_VIEWS and len(ds.points) > 500
+    assert all(c.image_path.parent == out / "images" and c.image_path.is_file() for c in ds.cameras)
+    sizes = {(c.name, c.width > 330) for c in ds.cameras}
+    assert {(t.name.replace(".png", ".png"), i % 4 == 1) for i, t in enumerate(truth) if i != 6} <= sizes
+    err = compare_poses(ds.cameras, truth)
+    assert err["matched"] == N_VIEWS
+    assert err["rotation_max_deg"] < 0.5 and err["center_max_rel"] < 0.01, err
+
+
+def test_photo_folder_dataset_runs_sfm_once_and_resumes(scene, tmp_path):
+    folder, _ = scene
+    options = SfmOptions(max_image_size=400)
+    ds = load_dataset(folder, tmp_path, NullReporter(), sfm_options=options, eval_split=True)
+    assert ds.kind == "photos" and len(ds.cameras) == N_VIEWS and len(ds.test_cameras) == 2
+    assert ds.points is not None and ds.point_colors.max() <= 1.0
+    stamp = (tmp_path / "sfm" / "sfm.json").stat().st_mtime_ns
+    rep = NullReporter()
+    again = load_dataset(folder, tmp_path, rep, sfm_options=options)
+    assert (tmp_path / "sfm" / "sfm.json").stat().st_mtime_ns == stamp
+    assert any("Reusing" in e["message"] for e in rep.of("log"))
+    np.testing.assert_allclose(again.cameras[3].world_to_cam, ds.cameras[3].world_to_cam)
+
+
+def test_random_noise_photos_do_not_register(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray((rng.random((120, 160, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(MiloError) as err:
+        run_sfm(tmp_path, tmp_path / "out", NullReporter())
+    assert "no camera poses" in err.value.message and "overlap" in err.value.hint
+
+
+def test_corrupt_photos_are_skipped_and_too_few_is_an_error(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / f"ok{i}.jpg")
+    data = (tmp_path / "ok0.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
+    rep = NullReporter()
+    with pytest.raises(MiloError, match="Only 2 of the 4 photos"):
+        run_sfm(tmp_path, tmp_path / "out", rep)
+    warned = " ".join(e["message"] for e in rep.of("warning"))
+    assert "cut.jpg" in warned and "junk.png" in warned
