@@ -61,6 +61,8 @@ class RunFolder:
 
 def check_output_folder(output: Path, resume: bool) -> None:
     """Refuse what would lose work or cannot work, with the fix in the hint."""
+    if not str(output).strip() or str(output) == ".":
+        raise MiloError("no output folder chosen", hint="choose where the result goes in the MILo panel")
     run = RunFolder(output)
     if output.exists() and not output.is_dir():
         raise MiloError(f"the output path {output} is a file, not a folder", hint="choose a folder", path=output)

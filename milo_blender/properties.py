@@ -1,0 +1,70 @@
+"""Settings of a reconstruction (saved with the .blend, per scene) and the live status of jobs (window
+manager: never saved)."""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from .core.backend import DEVICES, PRESETS
+from .core.display import QUALITY_ITERATIONS
+
+PRESET_LABELS = {"verylowres": "Very low", "lowres": "Low", "default": "Default", "highres": "High",
+                 "veryhighres": "Very high"}
+
+
+class MILO_PG_settings(bpy.types.PropertyGroup):
+    source: StringProperty(name="Photos", subtype="DIR_PATH",
+                           description="Folder of photos, or an existing COLMAP / transforms.json dataset")
+    output: StringProperty(name="Output", subtype="DIR_PATH",
+                           description="Folder for the result (Gaussians, mesh, cameras, checkpoints, log)")
+    preset: EnumProperty(name="Preset", default="default",
+                         items=[(p, PRESET_LABELS.get(p, p), f"Backend preset '{p}': mesh resolution and memory")
+                                for p in PRESETS])
+    scene: EnumProperty(name="Scene", default="outdoor",
+                        items=[("outdoor", "Outdoor", "Unbounded scene with a background"),
+                               ("indoor", "Indoor", "Bounded scene, e.g. a room or an object")])
+    quality: EnumProperty(name="Quality", default="FULL",
+                          items=[(k, k.title(), f"{v:,} iterations") for k, v in QUALITY_ITERATIONS.items()]
+                          + [("CUSTOM", "Custom", "Choose the number of iterations")])
+    iterations: IntProperty(name="Iterations", default=18_000, min=10, soft_max=30_000)
+    device: EnumProperty(name="Device", default="auto",
+                         items=[(d, d.upper() if d != "auto" else "Auto", "") for d in DEVICES])
+    max_size: IntProperty(name="Max image size", default=0, min=0, subtype="PIXEL",
+                          description="Longest image side used for training (0: the backend's default)")
+    import_cameras: BoolProperty(name="Import cameras", default=True,
+                                 description="Also create Blender cameras at the photos' poses")
+    flip_up: BoolProperty(name="Flip up axis", default=False,
+                          description="Turn the result upside down on import (when the photos were not upright)")
+
+    def iteration_budget(self) -> int:
+        return self.iterations if self.quality == "CUSTOM" else QUALITY_ITERATIONS[self.quality]
+
+
+class MILO_PG_job(bpy.types.PropertyGroup):
+    status: StringProperty()        # '' (never ran), running, cancelling, done, failed, cancelled
+    progress: FloatProperty(min=0.0, max=1.0)
+    progress_text: StringProperty()
+    metrics: StringProperty()
+    message: StringProperty()
+    hint: StringProperty()
+    log_path: StringProperty(subtype="FILE_PATH")
+    preview_path: StringProperty(subtype="FILE_PATH")
+    output: StringProperty(subtype="DIR_PATH")
+
+
+CLASSES = (MILO_PG_settings, MILO_PG_job)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.milo = bpy.props.PointerProperty(type=MILO_PG_settings)
+    bpy.types.WindowManager.milo_job = bpy.props.PointerProperty(type=MILO_PG_job)
+    bpy.types.WindowManager.milo_backend_job = bpy.props.PointerProperty(type=MILO_PG_job)
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.milo_backend_job
+    del bpy.types.WindowManager.milo_job
+    del bpy.types.Scene.milo
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,302 @@
+"""The extension inside Blender (bpy 5.0.1 from PyPI, headless): build the zip, install and enable it,
+reconstruct through the operator (blocking, as in background mode), import, and the failure paths.
+
+The backend is chosen through MILO_BACKEND_PYTHON: the fake backend (fake_backend.py) for timing and
+failures, the real one (this venv) where the real pipeline is exercised.
+"""
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy", reason="bpy (Blender as a module) is not installed: pip install -r "
+                                        "tests/blender/requirements.txt")
+
+import build_addon  # noqa: E402
+from milo_backend.data.camera import Camera  # noqa: E402
+from milo_backend.gaussians.splat_ply import read_splat_ply, write_splat_ply  # noqa: E402
+
+EXT = "bl_ext.user_default.milo_blender"
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process-group checks are POSIX")
+
+
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory):
+    zip_path = build_addon.build(tmp_path_factory.mktemp("dist"))
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}
+    assert EXT in bpy.context.preferences.addons
+    return sys.modules[EXT]
+
+
+@pytest.fixture()
+def jobs(ext):
+    return sys.modules[EXT + ".core.job"]
+
+
+@pytest.fixture()
+def fake_backend(monkeypatch, fake_python):
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", str(fake_python))
+    return fake_python
+
+
+def configure(source, output, iterations=20):
+    s = bpy.context.scene.milo
+    s.source, s.output = str(source), str(output)
+    s.quality, s.iterations, s.device = "CUSTOM", iterations, "cpu"
+    s.import_cameras, s.flip_up = True, False
+    return s
+
+
+def wm_job():
+    return bpy.context.window_manager.milo_job
+
+
+def group_gone(jobs_module, job, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not jobs_module.group_alive(job.pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def up_in_blender(root) -> np.ndarray:
+    """Where the scene's world +Y (the fake backend's up) ends up in Blender."""
+    m = np.array(root.matrix_world)
+    return m[:3, :3] @ np.array([0.0, 1.0, 0.0])
+
+
+def test_extension_installs_and_registers(ext):
+    assert hasattr(bpy.types, "MILO_PT_reconstruct") and bpy.types.MILO_PT_reconstruct.bl_category == "MILo"
+    for op in ("reconstruct", "import_result", "cancel", "flip_up_axis", "setup_backend", "check_backend",
+               "open_log"):
+        assert hasattr(bpy.ops.milo, op), op
+    assert hasattr(bpy.context.scene, "milo")
+    prefs = bpy.context.preferences.addons[EXT].preferences
+    assert prefs.backend_python == "" and prefs.doctor_report == ""
+    # the backend wheel travels inside the extension (for "Set up backend") and is importable in Blender
+    wheels = list((Path(ext.__file__).parent / "wheels").glob("milo_backend-*.whl"))
+    assert len(wheels) == 1
+
+
+def test_reconstruct_runs_and_imports_everything(ext, jobs, fake_backend, photos, tmp_path):
+    out = tmp_path / "result ü"
+    configure(photos, out, iterations=20)
+    assert bpy.ops.milo.reconstruct() == {"FINISHED"}
+    job = jobs.get("reconstruct")
+    # progress messages arrived in order, with stage, step and ETA, and the panel state followed
+    progress = [e for e in job.events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == list(range(1, 21)) and all("eta_s" in e for e in progress)
+    assert [e["stage"] for e in job.events if e["event"] == "stage"] == ["load", "train"]
+    props = wm_job()
+    assert (props.status, props.progress, props.progress_text) == ("done", 1.0, "Finished")
+    assert Path(props.preview_path).is_file() and Path(props.log_path).is_file()
+    assert '"event": "done"' in Path(props.log_path).read_text(encoding="utf-8")
+
+    coll = bpy.data.collections[f"MILo {out.name}"]
+    root = bpy.data.objects[f"MILo {out.name}"]
+    mesh = bpy.data.objects[f"{out.name} mesh"]
+    gauss = bpy.data.objects[f"{out.name} Gaussians"]
+    assert {root, mesh, gauss} <= set(coll.objects) and mesh.parent == root and gauss.parent == root
+    # up (+Y in the fake backend's world) becomes Blender's +Z
+    assert np.allclose(up_in_blender(root), [0, 0, 1], atol=1e-6)
+
+    # mesh: faces and vertex colours, shown by its material
+    assert len(mesh.data.vertices) == 5 and len(mesh.data.polygons) == 6
+    colors = mesh.data.color_attributes["Color"]
+    assert colors.domain == "POINT" and tuple(round(c, 3) for c in colors.data[0].color_srgb) == (1, 0, 0, 1)
+    bsdf = next(n for n in mesh.active_material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    assert link.from_node.type == "VERTEX_COLOR" and link.from_node.layer_name == "Color"
+
+    # Gaussians: one vertex per splat carrying the 3DGS PLY properties
+    splats = read_splat_ply(out / "gaussians.ply")
+    me = gauss.data
+    n = len(splats["means"])
+    assert len(me.vertices) == n and len(me.polygons) == 0
+    names = {a.name for a in me.attributes}
+    expected = {"f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                "rot_0", "rot_1", "rot_2", "rot_3"} | {f"f_rest_{i}" for i in range(9)}
+    assert expected <= names
+    co = np.empty(n * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    assert np.allclose(co.reshape(n, 3), splats["means"], atol=1e-6)
+    for name, values in (("opacity", splats["opacity_logits"]), ("f_rest_4", splats["sh"][:, 2, 1]),
+                         ("rot_0", splats["quats"][:, 0]), ("scale_2", splats["log_scales"][:, 2])):
+        got = np.empty(n, np.float32)
+        me.attributes[name].data.foreach_get("value", got)
+        assert np.allclose(got, values), name
+
+    # cameras with the right intrinsics: a point projects to the same pixel as with the OpenCV camera
+    cams = json.loads((out / "cameras.json").read_text())["cameras"]
+    cam_objs = [o for o in bpy.data.collections[f"MILo {out.name} cameras"].objects]
+    assert len(cam_objs) == len(cams) and all(o.parent == root for o in cam_objs)
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    cam = Camera.from_json(cams[2])
+    obj = bpy.data.objects[cam.name]
+    points = np.array([[0.1, 0.2, -0.3], [0.5, -0.1, 0.4], [-0.4, 0.3, 0.2]])
+    uv, _ = cam.project(points)
+    scene = bpy.context.scene
+    root_m = np.array(root.matrix_world)
+    for p, expected_px in zip(points, uv):
+        world = root_m[:3, :3] @ p + root_m[:3, 3]
+        ndc = world_to_camera_view(scene, obj, Vector(world))
+        px = (ndc.x * cam.width, (1 - ndc.y) * cam.height)
+        assert np.allclose(px, expected_px, atol=1e-3), (px, expected_px)
+
+
+def test_flip_up_axis(ext, fake_backend, photos, tmp_path):
+    out = tmp_path / "flip"
+    configure(photos, out, iterations=5)
+    bpy.ops.milo.reconstruct()
+    root = bpy.data.objects["MILo flip"]
+    gauss = bpy.data.objects["flip Gaussians"]
+    for o in bpy.context.view_layer.objects:
+        o.select_set(False)
+    gauss.select_set(True)
+    bpy.context.view_layer.objects.active = gauss
+    assert bpy.ops.milo.flip_up_axis() == {"FINISHED"}
+    assert np.allclose(up_in_blender(root), [0, 0, -1], atol=1e-6)
+    # importing again with the option set gives the flipped orientation directly
+    bpy.ops.milo.import_result(directory=str(out), flip_up=True)
+    second = bpy.context.view_layer.objects.active
+    assert second != root and np.allclose(up_in_blender(second), [0, 0, -1], atol=1e-6)
+
+
+def test_import_plain_3dgs_ply_from_another_tool(ext, tmp_path):
+    path = tmp_path / "other tool ö.ply"
+    rng = np.random.default_rng(1)
+    n = 30
+    write_splat_ply(path, rng.normal(size=(n, 3)), rng.normal(size=(n, 16, 3)), rng.normal(size=n),
+                    rng.normal(size=(n, 3)), rng.normal(size=(n, 4)))
+    assert bpy.ops.milo.import_result(filepath=str(path)) == {"FINISHED"}
+    obj = bpy.data.objects[f"{path.stem} Gaussians"]
+    assert len(obj.data.vertices) == n and "f_rest_44" in obj.data.attributes
+    assert np.allclose(np.array(obj.parent.matrix_world), np.eye(4))  # no cameras: no rotation
+
+
+def test_missing_backend_is_reported_with_the_fix(ext, jobs, monkeypatch, photos, tmp_path):
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", str(tmp_path / "no such env" / "python"))
+    configure(photos, tmp_path / "out")
+    with pytest.raises(RuntimeError, match="backend Python not found"):
+        bpy.ops.milo.reconstruct()
+    assert wm_job().status == "failed" and "Set up backend" in wm_job().hint
+    # an environment without the backend installed: the job starts, and says what is missing
+    import venv
+    bare = tmp_path / "bare env"
+    venv.create(bare, with_pip=False)
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", str(bare))  # a venv folder is accepted too
+    with pytest.raises(RuntimeError, match="backend is not installed.*Set up backend"):
+        bpy.ops.milo.reconstruct()
+    assert not jobs.running("reconstruct")
+
+
+def test_crash_mid_run_then_resume(ext, jobs, fake_backend, monkeypatch, photos, tmp_path):
+    out = tmp_path / "crashing"
+    configure(photos, out, iterations=40)
+    monkeypatch.setenv("MILO_FAKE_MODE", "crash")
+    with pytest.raises(RuntimeError, match="stopped unexpectedly"):
+        bpy.ops.milo.reconstruct()
+    job = jobs.get("reconstruct")
+    assert wm_job().status == "failed" and "Resume" in wm_job().hint
+    assert group_gone(jobs, job), "a backend process survived the crash"
+    child = int((out / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    # the panel now offers Resume; a plain Reconstruct refuses to overwrite
+    with pytest.raises(RuntimeError, match="interrupted run.*Resume"):
+        bpy.ops.milo.reconstruct()
+    monkeypatch.setenv("MILO_FAKE_MODE", "ok")
+    assert bpy.ops.milo.reconstruct(resume=True) == {"FINISHED"}
+    steps = [e["step"] for e in jobs.get("reconstruct").events if e["event"] == "progress"]
+    assert steps[0] > 1 and steps[-1] == 40  # continued from the checkpoint
+    assert "--resume" in Path(wm_job().log_path).read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_cancel_keeps_the_checkpoint(ext, jobs, fake_backend, monkeypatch, photos, tmp_path):
+    out = tmp_path / "cancelled"
+    configure(photos, out, iterations=2000)
+    monkeypatch.setenv("MILO_FAKE_STEP_S", "0.02")
+
+    def press_cancel():  # what the Cancel button / ESC does, from "outside" the blocking loop
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = jobs.running("reconstruct")
+            if job is not None and job.state.step >= 3:
+                job.cancel()
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=press_cancel)
+    t.start()
+    assert bpy.ops.milo.reconstruct() == {"CANCELLED"}
+    t.join()
+    job = jobs.get("reconstruct")
+    assert job.state.returncode == 130 and wm_job().status == "cancelled"
+    assert Path(job.state.checkpoint).is_file() and "resume" in wm_job().hint.lower()
+    assert 3 <= job.state.step < 2000
+    assert group_gone(jobs, job)
+
+
+def test_output_folder_with_a_finished_run_is_never_overwritten(ext, fake_backend, photos, tmp_path):
+    out = tmp_path / "finished"
+    configure(photos, out, iterations=5)
+    bpy.ops.milo.reconstruct()
+    before = (out / "gaussians.ply").stat().st_mtime_ns
+    with pytest.raises(RuntimeError, match="already holds a finished run.*Import"):
+        bpy.ops.milo.reconstruct()
+    assert (out / "gaussians.ply").stat().st_mtime_ns == before
+
+
+def test_photos_folder_without_images(ext, jobs, fake_backend, tmp_path):
+    empty = tmp_path / "empty photos"
+    empty.mkdir()
+    configure(empty, tmp_path / "out")
+    with pytest.raises(RuntimeError, match="no images found"):
+        bpy.ops.milo.reconstruct()
+    props = wm_job()
+    assert props.status == "failed" and "JPEG or PNG" in props.hint
+    assert "no images found" in Path(props.log_path).read_text(encoding="utf-8")
+    assert group_gone(jobs, jobs.get("reconstruct"))
+
+
+def test_check_backend_shows_the_environment(ext, monkeypatch):
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    assert bpy.ops.milo.check_backend() == {"FINISHED"}
+    report = json.loads(bpy.context.preferences.addons[EXT].preferences.doctor_report)
+    import torch
+    assert report["torch"] == torch.__version__ and report["cuda_available"] == torch.cuda.is_available()
+    assert report["python"] == sys.version.split()[0] and isinstance(report["gpus"], list)
+
+
+def test_jobs_die_with_a_new_file_and_with_the_extension(ext, jobs, fake_backend, monkeypatch, photos, tmp_path):
+    monkeypatch.setenv("MILO_FAKE_STEP_S", "0.05")
+    core_backend = sys.modules[EXT + ".core.backend"]
+    Step, Job = jobs.Step, jobs.Job
+
+    def start(name):
+        options = core_backend.TrainOptions(source=photos, output=tmp_path / name, iterations=5000, device="cpu")
+        job = jobs.start("reconstruct", Job([Step(core_backend.train_command(fake_backend, options), "train")]))
+        while job.state.step < 2:
+            job.poll()
+            time.sleep(0.02)
+        return job
+
+    job = start("load")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert job.finished and group_gone(jobs, job)
+    job = start("disable")
+    bpy.ops.preferences.addon_disable(module=EXT)
+    try:
+        assert job.finished and group_gone(jobs, job)
+        assert job.state.status == "cancelled" and job.state.checkpoint  # it had the chance to save
+    finally:
+        bpy.ops.preferences.addon_enable(module=EXT)
