@@ -300,3 +300,31 @@ def test_jobs_die_with_a_new_file_and_with_the_extension(ext, jobs, fake_backend
         assert job.state.status == "cancelled" and job.state.checkpoint  # it had the chance to save
     finally:
         bpy.ops.preferences.addon_enable(module=EXT)
+
+
+@pytest.mark.parametrize("w,h,fx,fy,cx,cy", [(640, 480, 500, 500, 300, 260), (480, 640, 520, 520, 250, 300),
+                                             (800, 600, 600, 660, 410, 290)])
+def test_imported_cameras_project_like_the_reconstruction(ext, tmp_path, w, h, fx, fy, cx, cy):
+    """Portrait, landscape, off-centre principal point and non-square pixels, checked with Blender's own
+    camera model (world_to_camera_view)."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from milo_backend.data.camera import look_at
+
+    run = tmp_path / f"cams {w}x{h}"
+    run.mkdir()
+    cam = Camera("shot.jpg", w, h, fx, fy, cx, cy, world_to_cam=look_at([2.0, -3.0, 1.0], [0.1, 0.2, 0.3]))
+    (run / "cameras.json").write_text(json.dumps({"cameras": [cam.to_json()], "extent": 4.0}))
+    write_splat_ply(run / "gaussians.ply", np.zeros((2, 3)), np.zeros((2, 1, 3)), np.zeros(2), np.zeros((2, 3)),
+                    np.tile([1.0, 0, 0, 0], (2, 1)))
+    assert bpy.ops.milo.import_result(directory=str(run)) == {"FINISHED"}
+    root = bpy.context.view_layer.objects.active
+    obj = next(o for o in bpy.data.collections[f"MILo {run.name} cameras"].objects)
+    scene = bpy.context.scene
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (w, h)  # set from the first camera
+    pts = np.array([[0.1, 0.2, 0.3], [0.5, -0.2, 0.1], [-0.3, 0.4, 0.6]])
+    uv, _ = cam.project(pts)
+    m = np.array(root.matrix_world)
+    for p, expected in zip(pts, uv):
+        ndc = world_to_camera_view(scene, obj, Vector(m[:3, :3] @ p + m[:3, 3]))
+        assert np.allclose((ndc.x * w, (1 - ndc.y) * h), expected, atol=1e-3)
