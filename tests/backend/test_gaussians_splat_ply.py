@@ -49,17 +49,19 @@ def test_file_layout_is_standard_3dgs(tmp_path):
 
 def test_foreign_degree0_file_without_normals_and_float64_loads(tmp_path):
     n = 4
-    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-             "rot_0", "rot_1", "rot_2", "rot_3", "extra"]
+    # unusual property order (read by name, not position), float64, ASCII, an extra property
+    names = ["rot_0", "rot_1", "rot_2", "rot_3", "x", "z", "y", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+             "scale_0", "scale_1", "scale_2", "extra"]
     rec = np.zeros(n, dtype=[(name, "<f8") for name in names])
     rec["x"] = np.arange(n)
+    rec["y"] = -1
     rec["f_dc_1"] = 0.5
     rec["rot_0"] = 1
     path = tmp_path / "foreign.ply"
     PlyData([PlyElement.describe(rec, "vertex")], text=True).write(str(path))
     back = read_splat_ply(path)
     assert back["sh"].shape == (n, 1, 3)
-    np.testing.assert_array_equal(back["means"][:, 0], np.arange(n))
+    np.testing.assert_array_equal(back["means"], np.stack([np.arange(n), -np.ones(n), np.zeros(n)], 1))
     np.testing.assert_array_equal(back["sh"][:, 0, 1], 0.5)
     np.testing.assert_array_equal(back["quats"][:, 0], 1)
 

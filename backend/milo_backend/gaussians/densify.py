@@ -121,21 +121,22 @@ def densify_and_prune(model: GaussianModel, stats: DensifyStats, extent: float, 
     split = (high & big) | (stats.max_dominated_fraction > blur_area_fraction)
     if max_gaussians is not None:
         room = max(0, max_gaussians - n)
-        chosen = _cap(clone | split, grads + stats.max_dominated_fraction, room)
+        chosen = _cap(clone | split, grads, room)
         clone, split = clone & chosen, split & chosen
     n_clone, n_split = int(clone.sum()), int(split.sum())
 
-    ops.duplicate(model, clone)
-    split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool, device=split.device)])
+    # one append (clones, then split children) and one removal (split parents and pruned): two copies
+    # of every parameter and Adam moment instead of one per step
     children = split_children(model, split, generator=generator)
-    ops.append(model, children, {k: v[split].repeat(2, *[1] * (v.dim() - 1)) for k, v in model.state.items()})
-    ops.remove(model, torch.cat([split, torch.zeros(2 * n_split, dtype=torch.bool, device=split.device)]))
-
+    new = {k: torch.cat([p[clone], children[k]]) for k, p in model.params.items()}
+    new_state = {k: torch.cat([v[clone], v[split].repeat(2, *[1] * (v.dim() - 1))]) for k, v in model.state.items()}
+    ops.append(model, new, new_state)
+    parents = torch.cat([split, torch.zeros(n_clone + 2 * n_split, dtype=torch.bool, device=split.device)])
     prune = torch.sigmoid(model.params["opacities"]) < prune_opacity
     if max_world_scale is not None:
         prune |= torch.exp(model.params["scales"]).max(dim=-1).values > max_world_scale * extent
-    n_prune = int(prune.sum())
-    ops.remove(model, prune)
+    n_prune = int((prune & ~parents).sum())
+    ops.remove(model, parents | prune)
     return {"cloned": n_clone, "split": n_split, "pruned": n_prune}
 
 

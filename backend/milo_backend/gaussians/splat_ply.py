@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import recfunctions
 from plyfile import PlyData, PlyElement, PlyParseError
 
 from milo_backend.atomic import atomic_path
@@ -99,21 +100,28 @@ def read_splat_ply(path: str | Path) -> dict[str, np.ndarray]:
                         "(SH degree 0-3) numbered from f_rest_0",
                         "re-export the splats with a standard 3DGS exporter", path)
     k = degrees[n_rest]
-    data = vertex.data
+    # one (N, P) float32 table: a free view of the memory-mapped records when every property is
+    # float32 (3DGS files), a single conversion otherwise; columns are then picked by position
+    table = recfunctions.structured_to_unstructured(vertex.data, dtype=np.float32)
+    position = {name: i for i, name in enumerate(vertex.data.dtype.names)}
 
     def columns(*cols: str) -> np.ndarray:
-        return np.stack([np.asarray(data[c], dtype=np.float32) for c in cols], axis=1)
+        """A copy (so nothing keeps the file mapped); a slice when the columns are consecutive."""
+        idx = [position[c] for c in cols]
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return np.array(table[:, idx[0]:idx[0] + len(idx)])
+        return table[:, idx]
 
-    n = len(data)
+    n = len(table)
     sh = np.empty((n, k, 3), np.float32)
     sh[:, 0, :] = columns("f_dc_0", "f_dc_1", "f_dc_2")
     if k > 1:
         rest = columns(*[f"f_rest_{i}" for i in range(n_rest)])
         sh[:, 1:, :] = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
-    out = {"means": columns("x", "y", "z"), "sh": sh,
-           "opacity_logits": np.asarray(data["opacity"], dtype=np.float32).copy(),
+    out = {"means": columns("x", "y", "z"), "sh": sh, "opacity_logits": columns("opacity")[:, 0],
            "log_scales": columns("scale_0", "scale_1", "scale_2"),
            "quats": columns("rot_0", "rot_1", "rot_2", "rot_3")}
+    del table, vertex, ply
     if not all(np.isfinite(v).all() for v in out.values()):
         raise MiloError(f"{path} contains NaN or infinite Gaussian parameters",
                         "the file is corrupt or came from a diverged training run; re-export it", path)
