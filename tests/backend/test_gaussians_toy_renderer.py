@@ -21,23 +21,23 @@ def quat_to_rotmat(q):
 
 
 def toy_render(splats: Splats, cam: Camera) -> RenderOutput:
-    dt = splats.means.dtype
-    R = torch.as_tensor(cam.world_to_cam[:3, :3], dtype=dt)
-    t = torch.as_tensor(cam.world_to_cam[:3, 3], dtype=dt)
+    dt, dev = splats.means.dtype, splats.means.device
+    R = torch.as_tensor(cam.world_to_cam[:3, :3], dtype=dt, device=dev)
+    t = torch.as_tensor(cam.world_to_cam[:3, 3], dtype=dt, device=dev)
     pc = splats.means @ R.T + t
     z = pc[:, 2]
     means2d = torch.stack([cam.fx * pc[:, 0] / z + cam.cx, cam.fy * pc[:, 1] / z + cam.cy], -1)
     rot = quat_to_rotmat(splats.quats)
     cov = rot @ torch.diag_embed(splats.scales ** 2) @ rot.transpose(1, 2)
-    J = torch.zeros(len(z), 2, 3, dtype=dt)
+    J = torch.zeros(len(z), 2, 3, dtype=dt, device=dev)
     J[:, 0, 0] = cam.fx / z
     J[:, 0, 2] = -cam.fx * pc[:, 0] / z ** 2
     J[:, 1, 1] = cam.fy / z
     J[:, 1, 2] = -cam.fy * pc[:, 1] / z ** 2
-    cov2d = J @ R @ cov @ R.T @ J.transpose(1, 2) + 0.3 * torch.eye(2, dtype=dt)
+    cov2d = J @ R @ cov @ R.T @ J.transpose(1, 2) + 0.3 * torch.eye(2, dtype=dt, device=dev)
     conic = torch.linalg.inv(cov2d)
-    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=dt) + 0.5, torch.arange(cam.width, dtype=dt) + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=dt, device=dev) + 0.5,
+                            torch.arange(cam.width, dtype=dt, device=dev) + 0.5, indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2)                 # (P,2)
     d = pix[None] - means2d[:, None]                              # (N,P,2)
     q = torch.einsum("npi,nij,npj->np", d, conic, d)
@@ -54,10 +54,10 @@ def toy_render(splats: Splats, cam: Camera) -> RenderOutput:
     best = w.max(0)
     max_id = torch.where(best.values > 0, best.indices, torch.full_like(best.indices, -1))
     dominated = torch.bincount(max_id[max_id >= 0], minlength=len(z))
-    zeros = torch.zeros(h, wd, 1, dtype=dt)
+    zeros = torch.zeros(h, wd, 1, dtype=dt, device=dev)
     return RenderOutput(
         color=(w.T @ colors).reshape(h, wd, 3), alpha=acc.reshape(h, wd, 1), depth_median=zeros,
-        depth_expected=zeros, normals=torch.zeros(h, wd, 3, dtype=dt), means2d=means2d,
+        depth_expected=zeros, normals=torch.zeros(h, wd, 3, dtype=dt, device=dev), means2d=means2d,
         radii=((alpha > 0).any(1)).long() * 3,
         weight_sum=w.sum(1).detach(), pixels_touched=(w > 0).sum(1).detach(),
         pixels_dominated=dominated.detach(), max_weight_id=max_id.reshape(h, wd).detach())

@@ -22,7 +22,7 @@ def knn_scales(points: np.ndarray | torch.Tensor, k: int = 3) -> np.ndarray:
     if n < 2:
         return np.ones(n)  # no neighbour to measure: unit size, densification and the optimiser adapt it
     k = min(k, n - 1)
-    dist, _ = cKDTree(pts).query(pts, k=k + 1)  # first neighbour is the point itself
+    dist, _ = cKDTree(pts).query(pts, k=k + 1, workers=-1)  # first neighbour is the point itself
     return np.sqrt(np.maximum((dist[:, 1:] ** 2).mean(axis=1), 1e-7))
 
 
