@@ -55,19 +55,19 @@ def marching_tetrahedra(pivots: torch.Tensor, sdf: torch.Tensor, tets: torch.Ten
     n_pivots = pivots.shape[0]
     tets = tets.to(pivots.device)
     with torch.no_grad():
-        outside = sdf.detach() > 0
+        # uint8 throughout the per-tetrahedron pass: it touches all T rows, so bytes matter.
+        outside = (sdf.detach() > 0).to(torch.uint8)
         occ = outside[tets]                                                     # (T,4)
-        weights = torch.tensor([1, 2, 4, 8], device=tets.device)
-        case = (occ.long() * weights).sum(1)
-        mixed = (case > 0) & (case < 15)
-        tets, occ, case = tets[mixed], occ[mixed], case[mixed]
+        n_out = occ.sum(1, dtype=torch.uint8)
+        mixed = torch.nonzero((n_out > 0) & (n_out < 4)).squeeze(1)
+        tets, occ = tets[mixed], occ[mixed]
+        case = (occ[:, 0] | (occ[:, 1] << 1) | (occ[:, 2] << 2) | (occ[:, 3] << 3)).long()
 
         edges_local = EDGES.to(tets.device)
         ends_a, ends_b = tets[:, edges_local[:, 0]], tets[:, edges_local[:, 1]]   # (Tm,6)
         crossing = occ[:, edges_local[:, 0]] != occ[:, edges_local[:, 1]]
-        lo, hi = torch.minimum(ends_a, ends_b), torch.maximum(ends_a, ends_b)
         # One int64 key per undirected edge: 1-D unique is several times faster than unique(dim=0).
-        keys = lo[crossing] * n_pivots + hi[crossing]
+        keys = (torch.minimum(ends_a, ends_b) * n_pivots + torch.maximum(ends_a, ends_b))[crossing]
         unique_keys, vert_of_crossing = torch.unique(keys, return_inverse=True)
         vert_of_slot = torch.full_like(ends_a, -1)
         vert_of_slot[crossing] = vert_of_crossing
