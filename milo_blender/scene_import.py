@@ -83,7 +83,60 @@ def gaussians_object(name: str, splats: dict[str, np.ndarray]) -> bpy.types.Obje
     me.color_attributes.active_color = color
     obj = bpy.data.objects.new(name, me)
     obj["milo_gaussians"] = True
+    # vertices alone are invisible outside Edit Mode: show each splat as a coloured point of its size
+    obj.modifiers.new("MILo splat points", "NODES").node_group = splat_points_node_group()
     return obj
+
+
+def splat_points_node_group() -> bpy.types.NodeTree:
+    """Geometry nodes: one point per Gaussian, radius exp(largest log scale), coloured by `Color`."""
+    group = bpy.data.node_groups.get("MILo splat points")
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new("MILo splat points", "GeometryNodeTree")
+    group.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    scales = []
+    for i in range(3):
+        attr = nodes.new("GeometryNodeInputNamedAttribute")
+        attr.data_type = "FLOAT"
+        attr.inputs["Name"].default_value = f"scale_{i}"
+        scales.append(attr.outputs["Attribute"])
+    largest = scales[0]
+    for other in scales[1:]:
+        m = nodes.new("ShaderNodeMath")
+        m.operation = "MAXIMUM"
+        links.new(largest, m.inputs[0])
+        links.new(other, m.inputs[1])
+        largest = m.outputs[0]
+    radius = nodes.new("ShaderNodeMath")
+    radius.operation = "EXPONENT"
+    links.new(largest, radius.inputs[0])
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    links.new(inp.outputs[0], to_points.inputs["Mesh"])
+    links.new(radius.outputs[0], to_points.inputs["Radius"])
+    material = nodes.new("GeometryNodeSetMaterial")
+    material.inputs["Material"].default_value = splat_color_material()
+    links.new(to_points.outputs["Points"], material.inputs["Geometry"])
+    links.new(material.outputs["Geometry"], out.inputs[0])
+    return group
+
+
+def splat_color_material() -> bpy.types.Material:
+    mat = bpy.data.materials.get("MILo splat colours")
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new("MILo splat colours")
+    if bpy.app.version < (5, 0, 0):
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_name = COLOR_ATTRIBUTE
+    links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
 
 
 def camera_objects(cameras, collection, root, extent: float | None, set_resolution: bool, scene) -> list:

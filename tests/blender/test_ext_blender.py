@@ -121,6 +121,10 @@ def test_reconstruct_runs_and_imports_everything(ext, jobs, fake_backend, photos
     me = gauss.data
     n = len(splats["means"])
     assert len(me.vertices) == n and len(me.polygons) == 0
+    shown = gauss.modifiers["MILo splat points"].node_group  # visible as points outside Edit Mode
+    assert any(node.type == "MESH_TO_POINTS" for node in shown.nodes)
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    assert len(gauss.evaluated_get(depsgraph).data.vertices) == 0  # the mesh became points
     names = {a.name for a in me.attributes}
     expected = {"f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                 "rot_0", "rot_1", "rot_2", "rot_3"} | {f"f_rest_{i}" for i in range(9)}
@@ -328,3 +332,18 @@ def test_imported_cameras_project_like_the_reconstruction(ext, tmp_path, w, h, f
     for p, expected in zip(pts, uv):
         ndc = world_to_camera_view(scene, obj, Vector(m[:3, :3] @ p + m[:3, 3]))
         assert np.allclose((ndc.x * w, (1 - ndc.y) * h), expected, atol=1e-3)
+
+
+def test_real_backend_explains_an_empty_photos_folder(ext, jobs, monkeypatch, tmp_path):
+    """The real backend (this venv's milo_backend) through the operator: its error and hint reach the user."""
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    empty = tmp_path / "no photos here"
+    empty.mkdir()
+    configure(empty, tmp_path / "out")
+    with pytest.raises(RuntimeError, match="empty|no images|no photos"):
+        bpy.ops.milo.reconstruct()
+    props = wm_job()
+    assert props.status == "failed" and props.hint and props.message
+    assert str(empty) in props.message or str(empty) in json.dumps(
+        [e for e in jobs.get("reconstruct").events if e["event"] == "error"])
+    assert jobs.get("reconstruct").state.returncode == 2 and group_gone(jobs, jobs.get("reconstruct"))
