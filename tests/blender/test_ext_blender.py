@@ -347,3 +347,25 @@ def test_real_backend_explains_an_empty_photos_folder(ext, jobs, monkeypatch, tm
     assert str(empty) in props.message or str(empty) in json.dumps(
         [e for e in jobs.get("reconstruct").events if e["event"] == "error"])
     assert jobs.get("reconstruct").state.returncode == 2 and group_gone(jobs, jobs.get("reconstruct"))
+
+
+@pytest.mark.skipif(os.environ.get("MILO_REAL_TRAIN_TESTS") != "1",
+                    reason="trains with the real CPU backend (minutes on 2 cores); set MILO_REAL_TRAIN_TESTS=1")
+def test_real_backend_reconstructs_the_sample_scene(ext, jobs, monkeypatch, tmp_path):
+    import subprocess
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    scene_dir = tmp_path / "sample scene"
+    subprocess.run([sys.executable, "-m", "milo_backend", "sample", str(scene_dir), "--views", "6", "--size", "32"],
+                   check=True, capture_output=True)
+    out = tmp_path / "real run"
+    configure(scene_dir, out, iterations=10)
+    assert bpy.ops.milo.reconstruct() == {"FINISHED"}
+    job = jobs.get("reconstruct")
+    steps = [e["step"] for e in job.events if e["event"] == "progress" and e["stage"] == "train"]
+    assert steps and steps[-1] == 10 and steps == sorted(steps)
+    gauss = bpy.data.objects[f"{out.name} Gaussians"]
+    assert len(gauss.data.vertices) == len(read_splat_ply(out / "gaussians.ply")["means"])
+    assert {"f_dc_0", "opacity", "scale_0", "rot_0"} <= {a.name for a in gauss.data.attributes}
+    # the synthetic scene's up is world +Z (cameras on rings above a floor)
+    m = np.array(bpy.data.objects[f"MILo {out.name}"].matrix_world)
+    assert np.dot(m[:3, :3] @ [0, 0, 1.0], [0, 0, 1.0]) > 0.95
