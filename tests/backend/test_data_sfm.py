@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 from PIL import Image
-from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import gaussian_filter
 
 from milo_backend.data.camera import Camera, look_at
 from milo_backend.data.dataset import load_dataset
@@ -44,24 +45,36 @@ def scene_rectangles(rng: np.random.Generator) -> list:
     return [r + (texture(rng),) for r in rects]
 
 
+def bilinear(tex: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Texture colour at (u, v) in [0,1]^2, bilinear, all channels in one gather."""
+    x, y = u * (TEX - 1), v * (TEX - 1)
+    x0, y0 = np.minimum(x.astype(int), TEX - 2), np.minimum(y.astype(int), TEX - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    return ((tex[y0, x0] * (1 - fx) + tex[y0, x0 + 1] * fx) * (1 - fy)
+            + (tex[y0 + 1, x0] * (1 - fx) + tex[y0 + 1, x0 + 1] * fx) * fy)
+
+
 def raycast(origin: np.ndarray, dirs: np.ndarray, rects: list) -> np.ndarray:
+    """Colour of the nearest rectangle hit by each ray (grey where none)."""
     best_t = np.full(len(dirs), np.inf)
-    color = np.full((len(dirs), 3), 0.5)
-    for axis, value, ua, ur, va, vr, tex in rects:
+    best = np.full(len(dirs), -1)
+    uv = np.zeros((len(dirs), 2))
+    for k, (axis, value, ua, ur, va, vr, _) in enumerate(rects):
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (value - origin[axis]) / dirs[:, axis]
         p = origin + t[:, None] * dirs
         u = (p[:, ua] - ur[0]) / (ur[1] - ur[0])
         v = (p[:, va] - vr[0]) / (vr[1] - vr[0])
         hit = (t > 1e-6) & (t < best_t) & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
-        if hit.any():
-            coords = [v[hit] * (TEX - 1), u[hit] * (TEX - 1)]
-            color[hit] = np.stack([map_coordinates(tex[..., c], coords, order=1) for c in range(3)], 1)
-            best_t[hit] = t[hit]
+        best_t[hit], best[hit], uv[hit] = t[hit], k, np.stack([u[hit], v[hit]], 1)
+    color = np.full((len(dirs), 3), 0.5)
+    for k, rect in enumerate(rects):
+        sel = best == k
+        color[sel] = bilinear(rect[-1], uv[sel, 0], uv[sel, 1])
     return color
 
 
-def render(w2c: np.ndarray, rects: list, width: int, height: int, supersample: int = 2) -> np.ndarray:
+def render(w2c: np.ndarray, rects: list, width: int, height: int, supersample: int = 1) -> np.ndarray:
     f = FOCAL * width / W
     u, v = np.meshgrid((np.arange(width * supersample) + 0.5) / supersample,
                        (np.arange(height * supersample) + 0.5) / supersample)
@@ -100,39 +113,61 @@ def scene(tmp_path_factory) -> tuple[Path, list[Camera]]:
     return folder, cams
 
 
-def test_sfm_registers_every_photo_with_the_true_poses(scene, tmp_path):
-    folder, truth = scene
+OPTIONS = SfmOptions(max_image_size=640)
+
+
+@pytest.fixture(scope="module")
+def sfm_run(scene, tmp_path_factory) -> tuple[Path, NullReporter]:
+    """One SfM run shared by the tests below; it sits where load_dataset(workdir=base) looks for it."""
+    base = tmp_path_factory.mktemp("work dir é")
     rep = NullReporter()
-    out = run_sfm(folder, tmp_path / "sfm out", rep, SfmOptions(max_image_size=640))
+    return run_sfm(scene[0], base / "sfm", rep, OPTIONS), rep
+
+
+def test_sfm_registers_every_photo_with_the_true_poses(scene, sfm_run, tmp_path):
+    folder, truth = scene
+    out, rep = sfm_run
     stages = [e["stage"] for e in rep.of("stage")]
     assert stages == ["sfm:features", "sfm:matching", "sfm:mapping", "sfm:undistort"]
-    assert all(rep.of("progress")) and not rep.of("warning")
+    assert {e["stage"] for e in rep.of("progress")} == set(stages) and not rep.of("warning")
     summary = json.loads((out / "sfm.json").read_text())
     assert (summary["registered"], summary["total"]) == (N_VIEWS, N_VIEWS)
     assert summary["mean_reprojection_error"] < 1.0
+    assert pycolmap.Reconstruction(out / "sparse" / "0").num_cameras() == 2  # one per image size
 
     ds = load_dataset(out, tmp_path / "work")  # the result is a plain COLMAP dataset
     assert len(ds.cameras) == N_VIEWS and len(ds.points) > 500
     assert all(c.image_path.parent == out / "images" and c.image_path.is_file() for c in ds.cameras)
-    sizes = {(c.name, c.width > 330) for c in ds.cameras}
-    assert {(t.name.replace(".png", ".png"), i % 4 == 1) for i, t in enumerate(truth) if i != 6} <= sizes
+    big = {t.name for i, t in enumerate(truth) if i % 4 == 1}
+    assert {c.name for c in ds.cameras if c.width > 330} == big
+    assert all(c.width > c.height for c in ds.cameras)  # the EXIF-rotated photo was turned upright
     err = compare_poses(ds.cameras, truth)
     assert err["matched"] == N_VIEWS
     assert err["rotation_max_deg"] < 0.5 and err["center_max_rel"] < 0.01, err
 
 
-def test_photo_folder_dataset_runs_sfm_once_and_resumes(scene, tmp_path):
+def test_sfm_is_deterministic(scene, sfm_run, tmp_path):
+    out, _ = sfm_run
+    again = run_sfm(scene[0], tmp_path / "again", NullReporter(), OPTIONS)
+    first, second = (pycolmap.Reconstruction(d / "sparse" / "0") for d in (out, again))
+    assert first.num_points3D() == second.num_points3D()
+    for image_id, image in first.images.items():
+        np.testing.assert_array_equal(image.cam_from_world().matrix(), second.images[image_id].cam_from_world().matrix())
+
+
+def test_photo_folder_dataset_reuses_a_finished_sfm(scene, sfm_run):
     folder, _ = scene
-    options = SfmOptions(max_image_size=400)
-    ds = load_dataset(folder, tmp_path, NullReporter(), sfm_options=options, eval_split=True)
+    out, _ = sfm_run
+    stamp = (out / "sfm.json").stat().st_mtime_ns
+    rep = NullReporter()
+    ds = load_dataset(folder, out.parent, rep, sfm_options=OPTIONS, eval_split=True)
     assert ds.kind == "photos" and len(ds.cameras) == N_VIEWS and len(ds.test_cameras) == 2
     assert ds.points is not None and ds.point_colors.max() <= 1.0
-    stamp = (tmp_path / "sfm" / "sfm.json").stat().st_mtime_ns
-    rep = NullReporter()
-    again = load_dataset(folder, tmp_path, rep, sfm_options=options)
-    assert (tmp_path / "sfm" / "sfm.json").stat().st_mtime_ns == stamp
-    assert any("Reusing" in e["message"] for e in rep.of("log"))
-    np.testing.assert_allclose(again.cameras[3].world_to_cam, ds.cameras[3].world_to_cam)
+    assert (out / "sfm.json").stat().st_mtime_ns == stamp
+    assert any("Reusing" in e["message"] for e in rep.of("log")) and not rep.of("stage")
+    # other options (or other photos) mean another SfM: the finished one is not reused
+    from milo_backend.data.sfm import sfm_is_done
+    assert sfm_is_done(folder, out, OPTIONS) and not sfm_is_done(folder, out, SfmOptions(max_image_size=320))
 
 
 def test_random_noise_photos_do_not_register(tmp_path):
@@ -156,3 +191,38 @@ def test_corrupt_photos_are_skipped_and_too_few_is_an_error(tmp_path):
         run_sfm(tmp_path, tmp_path / "out", rep)
     warned = " ".join(e["message"] for e in rep.of("warning"))
     assert "cut.jpg" in warned and "junk.png" in warned
+
+
+def on_surface_distance(points: np.ndarray) -> np.ndarray:
+    """Distance of each point to the nearest surface of the scene (floor, walls, box)."""
+    room, box = 5.0, np.array([[-0.6, 0.6], [-0.5, 0.5], [0.0, 0.9]])
+    d = np.stack([np.abs(points[:, 2]), room - np.abs(points[:, 0]), room - np.abs(points[:, 1])], 1).min(1)
+    outside = np.maximum(np.maximum(box[:, 0] - points, points - box[:, 1]), 0.0)
+    inside = np.min(np.minimum(points - box[:, 0], box[:, 1] - points), axis=1)
+    to_box = np.where(np.linalg.norm(outside, axis=1) > 0, np.linalg.norm(outside, axis=1), np.abs(inside))
+    return np.minimum(d, to_box)
+
+
+def test_triangulation_from_known_poses_lies_on_the_scene(scene, tmp_path):
+    from milo_backend.data.transforms import triangulate_known_poses
+
+    folder, truth = scene
+    frames = []
+    for cam in truth:
+        path = next(folder.glob(cam.name.rsplit(".", 1)[0] + ".*"))
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+        c2w = np.linalg.inv(cam.world_to_cam) @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV -> OpenGL axes
+        frames.append({"file_path": path.name, "transform_matrix": c2w.tolist()})
+    angle = 2 * np.arctan(W / 2 / FOCAL)  # the same field of view at both image sizes
+    (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
+    ds = load_dataset(tmp_path, tmp_path / "work", eval_split=True)
+    rep = NullReporter()
+    result = triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=300)
+    assert result is not None, rep.events
+    points, colors = result
+    assert len(points) >= 300 and colors.shape == points.shape and 0 <= colors.min() and colors.max() <= 1
+    assert np.median(on_surface_distance(points)) < 0.01  # 1 cm in a 10 m room
+    assert np.mean(on_surface_distance(points) < 0.05) > 0.95
+    # too few points -> None, and the caller falls back to random points
+    assert triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=10 ** 7) is None
+    assert "random points" in rep.of("warning")[-1]["message"]

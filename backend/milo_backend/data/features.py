@@ -102,6 +102,10 @@ def extract_features(db_path: Path, image_dir: Path, groups: Sequence[tuple[pyco
     for camera_id, (_, names) in zip(camera_ids, groups):
         reader = pycolmap.ImageReaderOptions()
         reader.existing_camera_id = camera_id
+        # Register the images first, in our order: the multi-threaded extractor would otherwise number them
+        # in completion order, and different image ids make the mapper (and so the result) differ run to run.
+        pycolmap.import_images(db_path, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, image_names=list(names),
+                               options=reader)
         for chunk in chunks(names, 4 * (os.cpu_count() or 2)):
             pycolmap.extract_features(db_path, image_dir, image_names=list(chunk),
                                       camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
