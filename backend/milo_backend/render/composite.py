@@ -18,6 +18,8 @@ keeps the few numbers the backward needs per contributing pair (or, past `STORE_
 backward recompute them), and the backward uses the closed form
   dC/da_k = T_k f_k - (sum_{i>k} w_i f_i + T_final bg) / (1 - a_k)
 with a segmented suffix sum (the background part enters through the alpha output).
+Per-Gaussian and per-pixel tables are kept channel-first ((C, N) / (C, pixels)): on the CPU gathering
+and scatter-adding along the last dimension is 3-5x faster than row gathers of (N, C) tables.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from milo_backend.render.tiles import TileLists
 ALPHA_MAX = 0.999          # gsplat 1.5.3's clamp (the original 3DGS kernel uses 0.99)
 TRANSMITTANCE_MIN = 1e-4   # a pixel is done once T would reach this
 MEDIAN_TRANSMITTANCE = 0.5
-PAIR_BUDGET = 1 << 20      # candidate (pixel, Gaussian) pairs per chunk: ~100 MB of temporaries
+PAIR_BUDGET = 1 << 18      # candidate (pixel, Gaussian) pairs per chunk: ~25 MB temporaries
 MAX_CHUNK_PIXELS = 1 << 15  # chunk-local pixel keys fit int16 (the fastest stable sort keys)
 STORE_BUDGET = 1 << 30     # bytes of per-pair data kept for the backward before recomputing instead
 
@@ -54,7 +56,8 @@ class _Plan(NamedTuple):
     dx0: torch.Tensor       # (E,) float  mean_x - centre_x of that pixel (dx of later columns: dx0 - col)
     dy0: torch.Tensor       # (E,) float
     w: torch.Tensor         # (E,) int64 columns
-    count: torch.Tensor     # (E,) int64 pixels = columns * rows
+    h: torch.Tensor         # (E,) int64 rows
+    count: torch.Tensor     # (E,) int64 pixels = columns * rows (an upper bound on the candidates)
     chunks: list            # [(t0, t1, e0, e1)] consecutive tiles and their entries
     tile_size: int
     tile_pixels: int        # tile_size ** 2
@@ -67,9 +70,9 @@ class _Pairs(NamedTuple):
     g: torch.Tensor         # int64 Gaussian index
     alpha: torch.Tensor
     t_before: torch.Tensor  # transmittance in front of the Gaussian
-    dx: torch.Tensor
-    dy: torch.Tensor
-    vis: torch.Tensor       # exp(-sigma)
+    dx: torch.Tensor | None   # mean - pixel centre, and exp(-sigma): only when asked for (backward)
+    dy: torch.Tensor | None
+    vis: torch.Tensor | None
 
 
 @torch.no_grad()
@@ -115,65 +118,89 @@ def plan_pairs(means2d: torch.Tensor, radii: torch.Tensor, tiles: TileLists, wid
             if pairs_before_tile[t] > pairs_before_tile[t0]:
                 chunks.append((t0, t, offsets[t0], offsets[t]))
             t0 = t
-    return _Plan(g, key0, dx0, dy0, w, count, chunks, ts, ts * ts)
+    return _Plan(g, key0, dx0, dy0, w, h, count, chunks, ts, ts * ts)
 
 
-def _chunk_pairs(plan: _Plan, chunk: tuple, table: torch.Tensor) -> _Pairs | None:
+def _chunk_pairs(plan: _Plan, chunk: tuple, table: torch.Tensor, geometry: bool) -> _Pairs | None:
     """Expand a chunk's entries to pixels, keep the contributing pairs, order them, get T.
 
-    `table` holds per Gaussian (x, y, conic a, b, c, opacity)."""
+    `table` (6, N) holds per Gaussian the rows x, y, conic a, b, c, opacity. Two levels, so that no division or
+    wasted candidate is needed: every rectangle row first gets the exact column span where its ellipse
+    can reach alpha = 1/255 (enlarged by a hair against rounding), then only those pixels are expanded."""
     t0, _, e0, e1 = chunk
-    device = table.device
-    n = plan.count[e0:e1]
-    total = int(n.sum())
+    device, dtype = table.device, table.dtype
+    h = plan.h[e0:e1]
+    n_rows = int(h.sum())
+    if n_rows == 0:
+        return None
+    g_entry = plan.gaussian[e0:e1]
+    conic = table[2:].index_select(1, g_entry)  # a, b, c, opacity
+    row_ent = torch.repeat_interleave(torch.arange(e1 - e0, device=device), h, output_size=n_rows)
+    r = torch.arange(n_rows, device=device) - (torch.cumsum(h, 0) - h).index_select(0, row_ent)
+    per_entry = torch.cat([torch.stack([plan.dx0[e0:e1], plan.dy0[e0:e1], plan.w[e0:e1].to(dtype)]), conic])
+    dx0, dy, w, a, b, c, o = per_entry.index_select(1, row_ent)
+    dy = dy - r.to(dtype)
+    # alpha >= 1/255  <=>  sigma <= ln(255 o)  <=>  a dx^2 + 2 b dy dx + c dy^2 <= 2 ln(255 o)
+    bdy = b * dy
+    disc = bdy * bdy - a * (c * dy * dy - (2.0 * torch.log(o * 255.0) + 1e-4))
+    half = torch.sqrt(disc.clamp_min(0)) / a
+    col_lo = torch.ceil(dx0 + bdy / a - half - 1e-3).clamp_min(0)  # dx = dx0 - col
+    col_hi = torch.floor(dx0 + bdy / a + half + 1e-3).clamp_max(w - 1)
+    count = torch.where(disc >= 0, col_hi - col_lo + 1, torch.zeros_like(col_lo)).clamp_min(0).long()
+    total = int(count.sum())
     if total == 0:
         return None
-    ent = torch.repeat_interleave(torch.arange(e0, e1, device=device), n, output_size=total)
-    local = torch.arange(total, device=device) - (torch.cumsum(n, 0) - n).index_select(0, ent - e0)
-    w = plan.w.index_select(0, ent)
-    row = torch.div(local, w, rounding_mode="floor")
-    col = local - row * w
-    del local, w
-    g = plan.gaussian.index_select(0, ent)
-    conic = table.index_select(0, g)[:, 2:]  # a, b, c, opacity
-    dx = plan.dx0.index_select(0, ent) - col
-    dy = plan.dy0.index_select(0, ent) - row
-    sigma = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
+
+    cand_row = torch.repeat_interleave(torch.arange(n_rows, device=device), count, output_size=total)
+    local = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count).index_select(0, cand_row)
+    # sigma = 0.5 a dx^2 + b dy dx + 0.5 c dy^2 = dx (0.5 a dx + b dy) + 0.5 c dy^2
+    dx_first, half_a, b_dy, c_term, opacity = torch.stack(
+        [dx0 - col_lo, 0.5 * a, bdy, 0.5 * c * dy * dy, o]).index_select(1, cand_row)
+    dx = dx_first - local.to(dtype)
+    sigma = dx * (half_a * dx + b_dy) + c_term
     vis = torch.exp(-sigma)
-    alpha = (conic[:, 3] * vis).clamp_max(ALPHA_MAX)
-    idx = ((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
-    key = (plan.key0.index_select(0, ent.index_select(0, idx)) - t0 * plan.tile_pixels
-           + row.index_select(0, idx) * plan.tile_size + col.index_select(0, idx))
-    del ent, row, col, sigma, conic
+    alpha = (opacity * vis).clamp_max(ALPHA_MAX)
+    del dx_first, half_a, b_dy, c_term, opacity
+    idx = ((alpha >= ALPHA_THRESHOLD) & (sigma >= 0)).nonzero().squeeze(1)
+    del sigma
+    row_key = (plan.key0[e0:e1] - t0 * plan.tile_pixels).index_select(0, row_ent) + r * plan.tile_size + col_lo.long()
+    key = row_key.index_select(0, cand_row.index_select(0, idx)) + local.index_select(0, idx)
     # one stable sort by pixel keeps each pixel's Gaussians front to back (int16 keys sort fastest)
     key, perm = torch.sort(key.to(torch.int16), stable=True)
     sel = idx.index_select(0, perm)
-    g, alpha, dx, dy, vis = (t.index_select(0, sel) for t in (g, alpha, dx, dy, vis))
     key = key.long()
+    alpha_v = alpha.index_select(0, sel)
 
-    seg = _segments(key)
-    log1m = torch.log1p(-alpha).double()
+    first = _first_of_pixel(key, (chunk[1] - t0) * plan.tile_pixels)
+    log1m = torch.log1p(-alpha_v).double()
     excl = torch.cumsum(log1m, 0) - log1m
-    t_before = torch.exp(excl - excl.index_select(0, seg)).to(alpha.dtype)
+    t_before = torch.exp(excl - excl.index_select(0, first)).to(dtype)
     # a pixel stops before the Gaussian that would bring T to <= 1e-4: a prefix of each run survives
-    kept = (t_before * (1.0 - alpha) > TRANSMITTANCE_MIN).nonzero().squeeze(1)
-    return _Pairs(*(t.index_select(0, kept) for t in (key, g, alpha, t_before, dx, dy, vis)))
+    kept = (t_before * (1.0 - alpha_v) > TRANSMITTANCE_MIN).nonzero().squeeze(1)
+    src = sel.index_select(0, kept)
+    src_row = cand_row.index_select(0, src)
+    g = g_entry.index_select(0, row_ent.index_select(0, src_row))
+    out = [key.index_select(0, kept), g, alpha_v.index_select(0, kept), t_before.index_select(0, kept)]
+    if geometry:
+        out += [dx.index_select(0, src), dy.index_select(0, src_row), vis.index_select(0, src)]
+    else:
+        out += [None, None, None]
+    return _Pairs(*out)
 
 
-def _segments(key: torch.Tensor) -> torch.Tensor:
-    """Per pair, the index of the first pair of its pixel (pairs sorted by pixel)."""
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
-    return torch.nonzero(first).squeeze(1).index_select(0, torch.cumsum(first, 0) - 1)
+def _first_of_pixel(key: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Per pair, the index of its pixel's first pair (pairs sorted by pixel key < n_pixels)."""
+    counts = torch.bincount(key, minlength=n_pixels)
+    return (torch.cumsum(counts, 0) - counts).index_select(0, key)
 
 
 def composite_forward(plan: _Plan, table: torch.Tensor, features: torch.Tensor | None, n_pixels: int,
                       with_stats: bool, store: bool):
-    """Forward pass on tile-major pixels. Returns (features, alpha, median_id, max_id, weight_sum,
-    touched, t_final, stored pairs per chunk)."""
-    device, dtype, n = table.device, table.dtype, table.shape[0]
-    feat = None if features is None else torch.zeros(n_pixels, features.shape[1], dtype=features.dtype,
-                                                      device=device)
+    """Forward pass on tile-major pixels, channel-first: `table` (6, N), `features` (D, N).
+
+    Returns (features (D, pixels), alpha, median_id, max_id, weight_sum, touched, t_final, stored pairs)."""
+    device, dtype, n = table.device, table.dtype, table.shape[1]
+    feat = None if features is None else torch.zeros(features.shape[0], n_pixels, dtype=dtype, device=device)
     t_final = torch.ones(n_pixels, dtype=dtype, device=device)
     median_id = torch.full((n_pixels,), -1, dtype=torch.int64, device=device)
     max_id = torch.full((n_pixels,), -1, dtype=torch.int64, device=device) if with_stats else None
@@ -182,15 +209,15 @@ def composite_forward(plan: _Plan, table: torch.Tensor, features: torch.Tensor |
     stored, stored_bytes = [], 0
     for chunk in plan.chunks:
         t0, t1 = chunk[0] * plan.tile_pixels, chunk[1] * plan.tile_pixels
-        p = _chunk_pairs(plan, chunk, table)
-        keep_this = p is not None and store and stored_bytes < STORE_BUDGET
+        keep_this = store and stored_bytes < STORE_BUDGET
+        p = _chunk_pairs(plan, chunk, table, geometry=keep_this)
         stored.append(p if keep_this else None)
         if p is None:
             continue
         stored_bytes += len(p.key) * 7 * 8 if keep_this else 0
         weight = p.alpha * p.t_before
         if feat is not None:
-            feat[t0:t1].index_add_(0, p.key, weight[:, None] * features.index_select(0, p.g))
+            feat[:, t0:t1].index_add_(1, p.key, features.index_select(1, p.g) * weight)
         log_t = torch.zeros(t1 - t0, dtype=torch.float64, device=device)
         log_t.index_add_(0, p.key, torch.log1p(-p.alpha).double())
         t_final[t0:t1] = torch.exp(log_t).to(dtype)
@@ -211,50 +238,54 @@ def composite_forward(plan: _Plan, table: torch.Tensor, features: torch.Tensor |
 
 
 def composite_backward(plan: _Plan, table: torch.Tensor, features: torch.Tensor, t_final: torch.Tensor,
-                       grad_feat: torch.Tensor, grad_alpha: torch.Tensor, stored: list):
-    """Gradients w.r.t. the table columns (x, y, a, b, c, opacity) and the features."""
-    grad_table = torch.zeros_like(table)
-    grad_features = torch.zeros_like(features)
+                       grad_feat: torch.Tensor, grad_alpha: torch.Tensor, stored: list) -> torch.Tensor:
+    """Gradients (D + 6, N): w.r.t. the features (D, N), then the table rows x, y, a, b, c, opacity.
+
+    `grad_feat` is (D, pixels), `grad_alpha` (pixels,)."""
+    n_feat = features.shape[0]
+    grads = torch.zeros(n_feat + 6, table.shape[1], dtype=table.dtype, device=table.device)
     for chunk, p in zip(plan.chunks, stored):
-        p = p if p is not None else _chunk_pairs(plan, chunk, table)
+        p = p if p is not None else _chunk_pairs(plan, chunk, table, geometry=True)
         if p is None:
             continue
         t0, t1 = chunk[0] * plan.tile_pixels, chunk[1] * plan.tile_pixels
-        g_pix = grad_feat[t0:t1].index_select(0, p.key)
-        dot = (features.index_select(0, p.g) * g_pix).sum(1)
+        g_pix = grad_feat[:, t0:t1].index_select(1, p.key)
+        dot = (features.index_select(1, p.g) * g_pix).sum(0)
         weight = p.alpha * p.t_before
-        grad_features.index_add_(0, p.g, weight[:, None] * g_pix)
         # sum over the pixel's later Gaussians of w <f, dL/dC>: the pixel's total minus the inclusive prefix
         q = (weight * dot).double()
         prefix = torch.cumsum(q, 0)
-        prefix = prefix - (prefix - q).index_select(0, _segments(p.key))
+        prefix = prefix - (prefix - q).index_select(0, _first_of_pixel(p.key, t1 - t0))
         total = torch.zeros(t1 - t0, dtype=torch.float64, device=q.device).index_add_(0, p.key, q)
         behind = (total.index_select(0, p.key) - prefix).to(dot.dtype)
         from_alpha = (grad_alpha[t0:t1] * t_final[t0:t1]).index_select(0, p.key)
         d_alpha = p.t_before * dot + (from_alpha - behind) / (1.0 - p.alpha)
-        conic = table.index_select(0, p.g)[:, 2:]
+        ca, cb, cc, opacity = table[2:].index_select(1, p.g)
         # the clamp at ALPHA_MAX cuts the gradient, as in gsplat
-        d_alpha = torch.where(conic[:, 3] * p.vis <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+        d_alpha = torch.where(opacity * p.vis <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
         v_sigma = -p.alpha * d_alpha
         dx, dy = p.dx, p.dy
-        grads = torch.stack([v_sigma * (conic[:, 0] * dx + conic[:, 1] * dy),
-                             v_sigma * (conic[:, 1] * dx + conic[:, 2] * dy),
-                             0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy,
-                             p.vis * d_alpha], dim=1)
-        grad_table.index_add_(0, p.g, grads)
-    return grad_table, grad_features
+        per_pair = torch.cat([g_pix * weight, torch.stack([
+            v_sigma * (ca * dx + cb * dy), v_sigma * (cb * dx + cc * dy),
+            0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy, p.vis * d_alpha])])
+        grads.index_add_(1, p.g, per_pair)
+    return grads
+
+
+def _channel_first_table(means2d, conics, opacities) -> torch.Tensor:
+    return torch.cat([means2d.detach().T, conics.detach().T, opacities.detach()[None]]).contiguous()
 
 
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, features, plan, n_pixels, with_stats):
-        table = torch.cat([means2d, conics, opacities[:, None]], dim=1).detach()
-        feats = features.detach()
+        table = _channel_first_table(means2d, conics, opacities)
+        feats = features.detach().T.contiguous()
         feat, alpha, median_id, max_id, weight_sum, touched, t_final, stored = composite_forward(
             plan, table, feats, n_pixels, with_stats, store=True)
         ctx.save_for_backward(table, feats, t_final)
         ctx.plan, ctx.stored = plan, stored
-        outs = (feat, alpha, median_id) + ((max_id, weight_sum, touched) if with_stats else ())
+        outs = (feat.T, alpha, median_id) + ((max_id, weight_sum, touched) if with_stats else ())
         ctx.mark_non_differentiable(*outs[2:])
         return outs
 
@@ -262,10 +293,10 @@ class _Composite(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_feat, grad_alpha, *_):
         table, features, t_final = ctx.saved_tensors
-        grad_table, grad_features = composite_backward(ctx.plan, table, features, t_final,
-                                                       grad_feat.contiguous(), grad_alpha.contiguous(),
-                                                       ctx.stored)
-        return grad_table[:, :2], grad_table[:, 2:5], grad_table[:, 5], grad_features, None, None, None
+        grads = composite_backward(ctx.plan, table, features, t_final, grad_feat.T.contiguous(),
+                                   grad_alpha.contiguous(), ctx.stored)
+        d = features.shape[0]
+        return grads[d:d + 2].T, grads[d + 2:d + 5].T, grads[d + 5], grads[:d].T, None, None, None
 
 
 def tiles_to_image(x: torch.Tensor, tiles: TileLists, width: int, height: int) -> torch.Tensor:
@@ -287,9 +318,10 @@ def composite(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
     plan = plan_pairs(means2d, radii, tiles, width, height)
     n_pixels = tiles.tiles_x * tiles.tiles_y * tiles.tile_size ** 2
     if features is None or not torch.is_grad_enabled():
-        table = torch.cat([means2d, conics, opacities[:, None]], dim=1).detach()
-        feats = None if features is None else features.detach()
+        table = _channel_first_table(means2d, conics, opacities)
+        feats = None if features is None else features.detach().T.contiguous()
         outs = composite_forward(plan, table, feats, n_pixels, with_stats, store=False)[:6]
+        outs = (None if feats is None else outs[0].T,) + outs[1:]
     else:
         outs = _Composite.apply(means2d, conics, opacities, features, plan, n_pixels, with_stats)
         outs = tuple(outs) + ((None, None, None) if not with_stats else ())
