@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from milo_blender.core.binding import quat_to_matrix
-from milo_blender.core.sh_rotation import rotate_sh, sh_rotation_matrices
+from milo_blender.core.sh_rotation import rotate_sh, rotate_sh_components, sh_rotation_matrices
 
 # 3DGS's sh_utils constants, written out again so that this reference does not share code with the module.
 C0 = 0.28209479177387814
@@ -63,6 +63,15 @@ def test_single_rotation_applies_to_every_splat():
     rotation = random_rotations(rng, 1)[0]
     np.testing.assert_allclose(rotate_sh(sh, rotation), rotate_sh(sh, np.broadcast_to(rotation, (20, 3, 3))),
                                atol=1e-12)
+
+
+def test_blender_f_rest_rows_rotate_like_the_gsplat_layout():
+    rng = np.random.default_rng(10)
+    sh = rng.normal(size=(30, 15, 3)).astype(np.float32)
+    rotations = random_rotations(rng, 30).astype(np.float32)
+    f_rest = sh.transpose(2, 1, 0).reshape(45, 30)        # PLY / Blender attribute f_rest_{c*15+j}
+    rotated = rotate_sh_components(f_rest.reshape(3, 15, 30).transpose(1, 0, 2), rotations)
+    np.testing.assert_allclose(rotated, rotate_sh(sh, rotations).transpose(1, 2, 0), atol=1e-6)
 
 
 def test_wigner_blocks_are_orthogonal_and_compose():
