@@ -577,6 +577,10 @@ def check_topology(binding: Binding, n_vertices: int, face_vertices: np.ndarray,
                                       f"bind the splats again", n_vertices=n_vertices, n_faces=n_faces)
     if corners.size and (corners.min() < 0 or corners.max() >= n_vertices):
         raise ValueError(f"face vertex indices outside 0..{n_vertices - 1}")
+    if corners.size == 0:
+        return TopologyReport(lost=np.ones(binding.n_splats, dtype=bool), rebind_needed=False,
+                              message=f"the mesh has no faces left: all {binding.n_splats} splats lost their face",
+                              n_vertices=n_vertices, n_faces=n_faces)
     face_of_corner = np.repeat(np.arange(n_faces), sizes)
     keys = np.sort(face_of_corner * n_vertices + corners)            # (face, vertex) incidences
     by_vertex = np.argsort(corners, kind="stable")
@@ -609,7 +613,7 @@ def drop_lost_splats(binding: Binding, report: TopologyReport) -> tuple[Binding,
     """The binding without the splats `report` marks lost, valid for the current face count, and the indices
     (into the old splats) of those kept."""
     if report.rebind_needed:
-        raise ValueError(f"{report.message}")
+        raise ValueError(report.message)
     if len(report.lost) != binding.n_splats:
         raise ValueError(f"report is for {len(report.lost)} splats, the binding has {binding.n_splats}")
     kept = np.flatnonzero(~report.lost)

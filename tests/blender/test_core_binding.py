@@ -266,6 +266,7 @@ def test_deleted_faces_are_detected_and_their_splats_can_be_dropped(bound):
     full, part = deform(binding, deformed, True), deform(kept_binding, deformed, True)
     for a, b in zip(full, part):
         np.testing.assert_array_equal(a[kept], b)
+    assert check_topology(binding, len(v), np.zeros((0, 3), dtype=int)).lost.all()
 
 
 def test_vertex_count_change_needs_a_rebind(bound):
