@@ -126,38 +126,36 @@ def antialias(values: torch.Tensor, face_ids: torch.Tensor, order_depth: torch.T
     """
     height, width = face_ids.shape
     flat_ids = face_ids.reshape(-1)
+    flat_depth = order_depth.reshape(-1)
     flat_vals = values.reshape(height * width, -1)
-    out = flat_vals
     pairs = []
     for down in (False, True):
         p0, p1 = _neighbour_pairs(height, width, down, face_ids.device)
         differ = flat_ids[p0] != flat_ids[p1]
-        pairs.append((p0[differ], p1[differ], down))
-    fronts = []
-    for p0, p1, down in pairs:
+        p0, p1 = p0[differ], p1[differ]
         t0, t1 = flat_ids[p0], flat_ids[p1]
-        z0, z1 = order_depth.reshape(-1)[p0], order_depth.reshape(-1)[p1]
-        front_is_0 = (t0 >= 0) & ((t1 < 0) | (z0 < z1))
-        fronts.append(front_is_0)
-    all_tris = torch.cat([torch.where(f0, flat_ids[p0], flat_ids[p1])
-                          for f0, (p0, p1, _) in zip(fronts, pairs)])
-    if all_tris.numel() == 0:
+        front_is_0 = (t0 >= 0) & ((t1 < 0) | (flat_depth[p0] < flat_depth[p1]))
+        pairs.append((p0, p1, front_is_0, torch.where(front_is_0, t0, t1), down))
+    front_tris = torch.cat([pair[3] for pair in pairs])
+    if front_tris.numel() == 0:
         return values
-    tris_unique, tri_slot = torch.unique(all_tris, return_inverse=True)
-    opposite = _opposite_vertices(faces, tris_unique, uv.shape[0])                # (U,3)
-    offset = 0
-    for front_is_0, (p0, p1, down) in zip(fronts, pairs):
-        n = p0.numel()
-        slot = tri_slot[offset:offset + n]
-        offset += n
+    tris, tri_slot = torch.unique(front_tris, return_inverse=True)
+    tri_verts = faces[tris]
+    wing_verts = _wing_vertices(faces, tris, uv.shape[0])                        # (U,3)
+    silhouette = _silhouette_edges(uv.detach(), tri_verts, wing_verts)           # (U,3)
+    out, offset = flat_vals, 0
+    for p0, p1, front_is_0, _, down in pairs:
+        slot = tri_slot[offset:offset + p0.numel()]
+        offset += p0.numel()
+        # Only a front triangle with a silhouette edge can blend: skips most pairs of a fine mesh.
+        keep = silhouette[slot].any(dim=1)
+        p0, p1, front_is_0, slot = p0[keep], p1[keep], front_is_0[keep], slot[keep]
         front_pix = torch.where(front_is_0, p0, p1)
-        tri = tris_unique[slot]
-        alpha = _silhouette_alpha(uv, faces[tri], opposite[slot], front_pix, front_is_0, width, down)
+        alpha = _blend_weight(uv, tri_verts[slot], silhouette[slot], front_pix, front_is_0, width, down)
         hit = alpha != 0
         p0, p1, alpha = p0[hit], p1[hit], alpha[hit]
         target = torch.where(alpha > 0, p0, p1)
-        delta = alpha[:, None] * (flat_vals[p1] - flat_vals[p0])
-        out = out.index_add(0, target, delta)
+        out = out.index_add(0, target, alpha[:, None] * (flat_vals[p1] - flat_vals[p0]))
     return out.reshape(values.shape)
 
 
@@ -169,7 +167,7 @@ def _neighbour_pairs(height: int, width: int, down: bool, device):
 
 
 @torch.no_grad()
-def _opposite_vertices(faces: torch.Tensor, tris: torch.Tensor, n_verts: int) -> torch.Tensor:
+def _wing_vertices(faces: torch.Tensor, tris: torch.Tensor, n_verts: int) -> torch.Tensor:
     """(len(tris),3): for edge i of each face in `tris` (the edge opposite its vertex i), the third
     vertex of the other face sharing that edge, or -1 for a boundary edge."""
     marked = torch.zeros(n_verts, dtype=torch.bool, device=faces.device)
@@ -196,26 +194,33 @@ def _opposite_vertices(faces: torch.Tensor, tris: torch.Tensor, n_verts: int) ->
     return result
 
 
-def _silhouette_alpha(uv, tri_verts, opp, front_pix, front_is_0, width: int, down: bool):
+@torch.no_grad()
+def _silhouette_edges(uv: torch.Tensor, tri_verts: torch.Tensor, wing_verts: torch.Tensor) -> torch.Tensor:
+    """(U,3) bool: edge i (opposite vertex i) is a silhouette edge on screen: no neighbour across
+    it, or the neighbour's third vertex lies on the same side as the triangle's own vertex i (the
+    neighbour folds behind). Relative to the first vertex: only signs of areas matter."""
+    p = uv[tri_verts]
+    o = uv[torch.where(wing_verts >= 0, wing_verts, tri_verts)]        # own vertex if no neighbour
+    origin = p[:, :1]
+    p, o = p - origin, o - origin
+    x, y, ox, oy = p[..., 0], p[..., 1], o[..., 0], o[..., 1]
+    bb = _tri_area(x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2])
+    wing = torch.stack([
+        _tri_area(ox[:, 0], oy[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2]),
+        _tri_area(x[:, 0], y[:, 0], ox[:, 1], oy[:, 1], x[:, 2], y[:, 2]),
+        _tri_area(x[:, 0], y[:, 0], x[:, 1], y[:, 1], ox[:, 2], oy[:, 2])], dim=1)
+    return _same_sign(wing, bb[:, None])
+
+
+def _blend_weight(uv, tri_verts, silhouette, front_pix, front_is_0, width: int, down: bool):
     """Signed blend weight per pixel pair (nvdiffrast's AntialiasFwdAnalysisKernel): > 0 blends
-    pixel 0 towards pixel 1, < 0 pixel 1 towards pixel 0, 0 = no silhouette edge in between."""
+    pixel 0 towards pixel 1, < 0 pixel 1 towards pixel 0, 0 = no silhouette edge in between.
+    Differentiable in the chosen edge's projected end points."""
     dtype = uv.dtype
     cx = (front_pix % width).to(dtype) + 0.5
     cy = torch.div(front_pix, width, rounding_mode="floor").to(dtype) + 0.5
-    centre = torch.stack([cx, cy], dim=1)[:, None, :]
-    p = uv[tri_verts] - centre                                                  # (Q,3,2) relative
-    o = uv[torch.where(opp >= 0, opp, tri_verts)] - centre                      # own vertex if no wing
+    p = uv[tri_verts] - torch.stack([cx, cy], dim=1)[:, None, :]              # (Q,3,2) relative
     x, y = p[..., 0], p[..., 1]
-    ox, oy = o[..., 0], o[..., 1]
-    with torch.no_grad():
-        # Silhouette test (before the xy flip): the wing vertex lies on the same side of the edge
-        # as the triangle's own third vertex, i.e. the neighbour folds behind on screen.
-        bb = _tri_area(x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2])
-        wing = torch.stack([
-            _tri_area(ox[:, 0], oy[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2]),
-            _tri_area(x[:, 0], y[:, 0], ox[:, 1], oy[:, 1], x[:, 2], y[:, 2]),
-            _tri_area(x[:, 0], y[:, 0], x[:, 1], y[:, 1], ox[:, 2], oy[:, 2])], dim=1)
-        silhouette = _same_sign(wing, bb[:, None])
     if down:  # along the pair direction is "x"
         x, y = y, x
     x1, x2 = x[:, [1, 2, 0]], x[:, [2, 0, 1]]                                  # edge i: v_{i+1} -> v_{i+2}
@@ -231,7 +236,6 @@ def _silhouette_alpha(uv, tri_verts, opp, front_pix, front_is_0, width: int, dow
                   & (dy.abs() >= dx.abs()).gather(1, edge)).squeeze(1)
         at = cross_at.gather(1, edge).squeeze(1)
         usable &= (at > -_AA_EPS) & (at < 1.0 + _AA_EPS)
-    # Differentiable crossing position on the chosen edge.
     ex1, ey1 = x1.gather(1, edge).squeeze(1), y1.gather(1, edge).squeeze(1)
     edx, edy = dx.gather(1, edge).squeeze(1), dy.gather(1, edge).squeeze(1)
     edy = torch.where(usable, edy, torch.ones_like(edy))
