@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,6 +111,19 @@ def _source_signature(path: Path, cam: pycolmap.Camera) -> dict:
             "camera": [cam.model_name, cam.width, cam.height, [float(p) for p in cam.params]]}
 
 
+def undistort_image(source: Path, distorted: pycolmap.Camera, grid: torch.Tensor | None, out_path: Path) -> None:
+    """Load `source`, resample it through `grid` (None: copy as is) and save it as PNG (alpha kept)."""
+    rgb, alpha = load_image(source)
+    if rgb.shape[:2] != (distorted.height, distorted.width):
+        raise MiloError(f"Image {source} is {rgb.shape[1]}x{rgb.shape[0]} but its camera is "
+                        f"{distorted.width}x{distorted.height}",
+                        hint="The photo does not belong to this camera model (resized or replaced?).", path=source)
+    if grid is not None:
+        stacked = remap(rgb if alpha is None else np.concatenate([rgb, alpha[..., None]], 2), grid)
+        rgb, alpha = stacked[..., :3], (stacked[..., 3] if alpha is not None else None)
+    save_image(out_path, rgb, alpha)
+
+
 def undistort_views(views: Sequence[tuple[Camera, pycolmap.Camera]], out_dir: str | Path,
                     reporter: Reporter | None = None, stage: str = "undistort") -> list[Camera]:
     """Undistort each (camera, distorted intrinsics) pair's image into `out_dir` as PNG.
@@ -128,32 +142,29 @@ def undistort_views(views: Sequence[tuple[Camera, pycolmap.Camera]], out_dir: st
         manifest = {}  # unreadable cache: redo everything
     names = output_names([base.name for base, _ in views])
     grids: dict[str, tuple[pycolmap.Camera, torch.Tensor | None]] = {}
-    result = []
-    reporter.stage(stage, f"Undistorting {len(views)} images")
-    for i, ((base, distorted), out_name) in enumerate(zip(views, names)):
+    result, todo = [], []
+    for (base, distorted), out_name in zip(views, names):
         if base.image_path is None:
             raise MiloError(f"Camera {base.name} has no image to undistort")
-        source = Path(base.image_path)
-        sig = _source_signature(source, distorted)
+        sig = _source_signature(Path(base.image_path), distorted)
         key = hashlib.sha1(json.dumps(sig["camera"]).encode()).hexdigest()
-        if key not in grids:
+        if key not in grids:  # one grid per distinct camera (usually one for the whole dataset)
             pinhole = pinhole_for(distorted)
             grids[key] = (pinhole, undistortion_grid(distorted, pinhole) if has_distortion(distorted) else None)
         pinhole, grid = grids[key]
         out_path = out_dir / out_name
         if manifest.get(out_name) != sig or not out_path.exists():
-            rgb, alpha = load_image(source)
-            if rgb.shape[:2] != (distorted.height, distorted.width):
-                raise MiloError(f"Image {source} is {rgb.shape[1]}x{rgb.shape[0]} but its camera is "
-                                f"{distorted.width}x{distorted.height}",
-                                hint="The photo does not belong to this camera model (resized or replaced?).",
-                                path=source)
-            if grid is not None:
-                stacked = remap(rgb if alpha is None else np.concatenate([rgb, alpha[..., None]], 2), grid)
-                rgb, alpha = stacked[..., :3], (stacked[..., 3] if alpha is not None else None)
-            save_image(out_path, rgb, alpha)
+            todo.append((Path(base.image_path), distorted, grid, out_path, out_name, sig))
+        result.append(replace(camera_from_pinhole(pinhole, base), image_path=out_path))
+
+    reporter.stage(stage, f"Undistorting {len(todo)} images" + (f" ({len(views) - len(todo)} cached)"
+                                                                  if len(todo) < len(views) else ""))
+    # two images in flight: decoding, resampling and PNG encoding all release the GIL
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [(pool.submit(undistort_image, *job[:4]), job) for job in todo]
+        for i, (future, (_, _, _, _, out_name, sig)) in enumerate(jobs):
+            future.result()
             manifest[out_name] = sig
             write_json(manifest_path, manifest)  # after every image, so an interrupted run resumes
-        result.append(replace(camera_from_pinhole(pinhole, base), image_path=out_path))
-        reporter.progress(stage, i + 1, len(views))
+            reporter.progress(stage, i + 1, len(todo))
     return result
