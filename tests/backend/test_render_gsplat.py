@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from gsplat.cuda import _torch_impl as gs
+
 from milo_backend.bench.render import random_scene
 from milo_backend.render import Splats, gsplat_available, render
 
@@ -25,6 +27,83 @@ def test_auto_backend_on_cpu_is_torch():
     auto = render(splats, camera, sh_degree=3)
     torch_out = render(splats, camera, sh_degree=3, backend="torch")
     torch.testing.assert_close(auto.color, torch_out.color)
+
+
+class CpuStandInKernels:
+    """gsplat's four kernels with their real signatures, on the CPU: projection and tile intersection from
+    gsplat's own torch reference, compositing as an independent, sequential per-pixel loop (as the CUDA
+    kernel does). Lets the gsplat pipeline's plumbing run where no GPU is."""
+
+    @staticmethod
+    def fully_fused_projection(means, covars, quats, scales, viewmats, Ks, width, height, eps2d, near_plane,
+                               packed, opacities):
+        assert covars is None and not packed and opacities.shape == means.shape[:1]
+        covars, _ = gs._quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+        return gs._fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d, near_plane)
+
+    @staticmethod
+    def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, packed):
+        assert not packed and radii.dtype == torch.int32
+        return gs._isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
+
+    @staticmethod
+    def isect_offset_encode(isect_ids, n_images, tile_width, tile_height):
+        return gs._isect_offset_encode(isect_ids, n_images, tile_width, tile_height)
+
+    @staticmethod
+    def rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets,
+                            flatten_ids, packed):
+        assert means2d.dim() == 3 and colors.shape[:2] == opacities.shape and not packed
+        tiles_y, tiles_x = isect_offsets.shape[-2:]
+        offsets = isect_offsets.flatten().tolist() + [len(flatten_ids)]
+        image = torch.zeros(height, width, colors.shape[-1], dtype=colors.dtype)
+        alpha_image = torch.zeros(height, width, 1, dtype=colors.dtype)
+        for tile in range(tiles_x * tiles_y):
+            y0, x0 = (tile // tiles_x) * tile_size, (tile % tiles_x) * tile_size
+            ys, xs = torch.meshgrid(torch.arange(y0, min(y0 + tile_size, height)),
+                                    torch.arange(x0, min(x0 + tile_size, width)), indexing="ij")
+            centres = torch.stack([xs.flatten(), ys.flatten()], 1) + 0.5
+            T = torch.ones(len(centres), dtype=colors.dtype)
+            acc = torch.zeros(len(centres), colors.shape[-1], dtype=colors.dtype)
+            done = torch.zeros(len(centres), dtype=torch.bool)
+            for g in flatten_ids[offsets[tile]:offsets[tile + 1]].tolist():
+                d = means2d[0, g] - centres
+                a, b, c = conics[0, g]
+                sigma = 0.5 * (a * d[:, 0] ** 2 + c * d[:, 1] ** 2) + b * d[:, 0] * d[:, 1]
+                alpha = torch.clamp_max(opacities[0, g] * torch.exp(-sigma), 0.999)
+                valid = (sigma >= 0) & (alpha >= 1 / 255) & ~done
+                stop = valid & (T * (1 - alpha) <= 1e-4)
+                done = done | stop
+                use = valid & ~stop
+                acc = acc + torch.where(use, alpha * T, 0)[:, None] * colors[0, g]
+                T = torch.where(use, T * (1 - alpha), T)
+            image[ys, xs] = acc.reshape(*ys.shape, -1)
+            alpha_image[ys, xs] = (1 - T).reshape(*ys.shape, 1)
+        return image[None], alpha_image[None]
+
+
+def test_gsplat_pipeline_plumbing_on_cpu_matches_torch_renderer():
+    from milo_backend.render.gsplat_raster import render_with_kernels
+    splats, camera = random_scene(40, 40, 24, radius_px=(3.0, 12.0), seed=12, opacity=(0.3, 1.0))
+    bg = torch.tensor([0.2, 0.3, 0.4])
+    outs, grads = {}, {}
+    for name in ("torch", "stand-in"):
+        sp = leaves(splats)
+        if name == "torch":
+            out = render(sp, camera, sh_degree=3, background=bg, backend="torch", with_stats=True)
+        else:
+            out = render_with_kernels(CpuStandInKernels, sp, camera, sh_degree=3, background=bg, with_stats=True)
+        loss_of(out).backward()
+        outs[name], grads[name] = out, [t.grad for t in sp] + [out.means2d.grad]
+    t, g = outs["torch"], outs["stand-in"]
+    assert t.alpha.max() > 0.9
+    for key in ("color", "alpha", "depth_expected", "depth_median", "normals", "weight_sum"):
+        torch.testing.assert_close(getattr(g, key), getattr(t, key), atol=1e-5, rtol=1e-5, msg=key)
+    for key in ("max_weight_id", "pixels_touched", "pixels_dominated"):
+        assert torch.equal(getattr(g, key), getattr(t, key)), key
+    assert g.radii.shape == t.radii.shape == (40,) and ((g.radii > 0) == (t.radii > 0)).all()
+    for name, a, b in zip(("means", "quats", "scales", "opacities", "sh", "means2d"), grads["stand-in"], grads["torch"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def leaves(splats):
@@ -52,11 +131,13 @@ def test_gsplat_and_torch_agree_on_values_and_gradients(with_stats):
     torch.testing.assert_close(g.radii, t.radii)
     visible = t.radii > 0
     torch.testing.assert_close(g.means2d[visible], t.means2d[visible], atol=1e-3, rtol=1e-5)
-    for key in ("color", "alpha", "depth_expected", "normals"):
-        torch.testing.assert_close(getattr(g, key), getattr(t, key), atol=2e-3, rtol=1e-3, msg=key)
-    # median depth picks one Gaussian per pixel: allow a few pixels to resolve a T = 0.5 tie differently
-    same = torch.isclose(g.depth_median, t.depth_median, atol=1e-4, rtol=1e-5)
-    assert same.float().mean() > 0.995
+    # float32 sequential T (gsplat) vs float64 sums (torch): a pair sitting exactly on alpha = 1/255 or a
+    # pixel on T = 0.5 may resolve differently, so allow a handful of pixels to differ
+    for key in ("color", "alpha", "depth_expected", "normals", "depth_median"):
+        a, b = getattr(g, key), getattr(t, key)
+        close = torch.isclose(a, b, atol=1e-3, rtol=1e-3).all(dim=-1)
+        assert close.float().mean() > 0.998, f"{key}: {(~close).sum()} pixels differ"
+        assert (a - b).abs().mean() < 1e-4, key
     if with_stats:
         torch.testing.assert_close(g.weight_sum, t.weight_sum, atol=2e-2, rtol=1e-3)
         assert (g.max_weight_id == t.max_weight_id).float().mean() > 0.995

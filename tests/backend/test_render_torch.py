@@ -134,8 +134,15 @@ def test_chunking_and_recomputed_backward_give_identical_results(monkeypatch):
     # tiny budgets: one tile per chunk, nothing stored (the backward recomputes every chunk)
     monkeypatch.setattr(composite_module, "PAIR_BUDGET", 1)
     monkeypatch.setattr(composite_module, "STORE_BUDGET", 0)
-    monkeypatch.setattr(composite_module.plan_pairs, "__defaults__", (1,))
+    calls = []
+    real = composite_module._chunk_pairs
+    def counting(plan, chunk, table, geometry):
+        calls.append(geometry)
+        return real(plan, chunk, table, geometry)
+    monkeypatch.setattr(composite_module, "_chunk_pairs", counting)
     small, small_grads = run()
+    n_tiles = 3 * 2  # 40x24 pixels
+    assert calls.count(False) == n_tiles and calls.count(True) == n_tiles  # forward, then recomputed
     for key in ("color", "alpha", "depth_expected", "depth_median", "normals", "weight_sum", "max_weight_id"):
         torch.testing.assert_close(getattr(small, key), getattr(base, key), rtol=1e-12, atol=1e-12)
     for a, b in zip(small_grads, base_grads):

@@ -34,8 +34,9 @@ from milo_backend.render.tiles import TileLists
 ALPHA_MAX = 0.999          # gsplat 1.5.3's clamp (the original 3DGS kernel uses 0.99)
 TRANSMITTANCE_MIN = 1e-4   # a pixel is done once T would reach this
 MEDIAN_TRANSMITTANCE = 0.5
-PAIR_BUDGET = 1 << 18      # candidate (pixel, Gaussian) pairs per chunk: ~25 MB temporaries
-MAX_CHUNK_PIXELS = 1 << 15  # chunk-local pixel keys fit int16 (the fastest stable sort keys)
+PAIR_BUDGET = 1 << 18      # candidate (pixel, Gaussian) pairs per CPU chunk: ~25 MB of temporaries
+CUDA_PAIR_BUDGET = 1 << 23  # on a GPU fewer, larger chunks (each costs kernel launches and a sync)
+MAX_CHUNK_PIXELS = 1 << 15  # CPU chunks: pixel keys fit int16, the fastest stable sort keys there
 STORE_BUDGET = 1 << 30     # bytes of per-pair data kept for the backward before recomputing instead
 
 
@@ -76,11 +77,12 @@ class _Pairs(NamedTuple):
 
 
 @torch.no_grad()
-def plan_pairs(means2d: torch.Tensor, radii: torch.Tensor, tiles: TileLists, width: int, height: int,
-               pair_budget: int = PAIR_BUDGET) -> _Plan:
+def plan_pairs(means2d: torch.Tensor, radii: torch.Tensor, tiles: TileLists, width: int, height: int) -> _Plan:
     """Pixel rectangles of all tile-list entries, and their grouping into bounded chunks of tiles."""
     device = means2d.device
     ts = tiles.tile_size
+    on_cpu = device.type == "cpu"
+    pair_budget = PAIR_BUDGET if on_cpu else CUDA_PAIR_BUDGET
     n_tiles = tiles.tiles_x * tiles.tiles_y
     per_tile = tiles.offsets[1:] - tiles.offsets[:-1]
     tile = torch.repeat_interleave(torch.arange(n_tiles, device=device), per_tile,
@@ -105,8 +107,9 @@ def plan_pairs(means2d: torch.Tensor, radii: torch.Tensor, tiles: TileLists, wid
     dx0 = (m[:, 0] - (x0.to(m.dtype) + 0.5))
     dy0 = (m[:, 1] - (y0.to(m.dtype) + 0.5))
 
-    # chunks: consecutive tiles, at most MAX_CHUNK_PIXELS pixels, closed once pair_budget candidates are reached
-    max_tiles = max(1, MAX_CHUNK_PIXELS // (ts * ts))
+    # chunks: consecutive tiles (on the CPU at most MAX_CHUNK_PIXELS pixels), closed once the pair
+    # budget is reached
+    max_tiles = max(1, MAX_CHUNK_PIXELS // (ts * ts)) if on_cpu else n_tiles
     cum = torch.zeros(len(count) + 1, dtype=torch.int64, device=device)
     cum[1:] = torch.cumsum(count, 0)
     offsets = tiles.offsets.tolist()
@@ -165,13 +168,14 @@ def _chunk_pairs(plan: _Plan, chunk: tuple, table: torch.Tensor, geometry: bool)
     del sigma
     row_key = (plan.key0[e0:e1] - t0 * plan.tile_pixels).index_select(0, row_ent) + r * plan.tile_size + col_lo.long()
     key = row_key.index_select(0, cand_row.index_select(0, idx)) + local.index_select(0, idx)
-    # one stable sort by pixel keeps each pixel's Gaussians front to back (int16 keys sort fastest)
-    key, perm = torch.sort(key.to(torch.int16), stable=True)
+    # one stable sort by pixel keeps each pixel's Gaussians front to back (small keys sort fastest)
+    n_pixels = (chunk[1] - t0) * plan.tile_pixels
+    key, perm = torch.sort(key.to(torch.int16 if n_pixels <= 1 << 15 else torch.int32), stable=True)
     sel = idx.index_select(0, perm)
     key = key.long()
     alpha_v = alpha.index_select(0, sel)
 
-    first = _first_of_pixel(key, (chunk[1] - t0) * plan.tile_pixels)
+    first = _first_of_pixel(key, n_pixels)
     log1m = torch.log1p(-alpha_v).double()
     excl = torch.cumsum(log1m, 0) - log1m
     t_before = torch.exp(excl - excl.index_select(0, first)).to(dtype)

@@ -34,13 +34,19 @@ def render_gsplat(splats: Splats, camera, *, sh_degree: int, background: torch.T
     if splats.means.shape[0] == 0:  # gsplat's kernels do not accept empty launches
         from milo_backend.render.torch_raster import render_torch
         return render_torch(splats, camera, sh_degree=sh_degree, background=background, with_stats=with_stats)
-    from gsplat.cuda._wrapper import (fully_fused_projection, isect_offset_encode, isect_tiles,
-                                      rasterize_to_pixels)
+    from gsplat.cuda import _wrapper
+    return render_with_kernels(_wrapper, splats, camera, sh_degree=sh_degree, background=background,
+                               with_stats=with_stats)
 
+
+def render_with_kernels(kernels, splats: Splats, camera, *, sh_degree: int,
+                        background: torch.Tensor | None = None, with_stats: bool = False) -> RenderOutput:
+    """The pipeline above, with `kernels` providing gsplat's `fully_fused_projection`, `isect_tiles`,
+    `isect_offset_encode` and `rasterize_to_pixels` (gsplat.cuda._wrapper, or CPU stand-ins in tests)."""
     splats = Splats(*(t.float() for t in splats))  # gsplat's kernels are float32 only
     width, height = int(camera.width), int(camera.height)
     viewmat, K = camera_tensors(camera, splats.means.device, torch.float32)
-    radii, means2d_b, depths_b, conics_b, _ = fully_fused_projection(
+    radii, means2d_b, depths_b, conics_b, _ = kernels.fully_fused_projection(
         splats.means, None, splats.quats, splats.scales, viewmat[None], K[None], width, height,
         eps2d=EPS2D, near_plane=NEAR_PLANE, packed=False, opacities=splats.opacities)
     means2d, conics, radii = means2d_b[0], conics_b[0], radii[0]
@@ -51,12 +57,12 @@ def render_gsplat(splats: Splats, camera, *, sh_degree: int, background: torch.T
     channels = gaussian_channels(splats, viewmat, depths, sh_degree)
 
     tiles_x, tiles_y = tile_grid(width, height, TILE_SIZE)
-    _, isect_ids, flatten_ids = isect_tiles(means2d_b.detach(), radii[None], depths_b.detach(), TILE_SIZE,
-                                            tiles_x, tiles_y, packed=False)
-    isect_offsets = isect_offset_encode(isect_ids, 1, tiles_x, tiles_y)
-    rendered, alpha = rasterize_to_pixels(means2d[None], conics[None], channels[None],
-                                          splats.opacities[None], width, height, TILE_SIZE, isect_offsets,
-                                          flatten_ids, packed=False)
+    _, isect_ids, flatten_ids = kernels.isect_tiles(means2d_b.detach(), radii[None], depths_b.detach(),
+                                                    TILE_SIZE, tiles_x, tiles_y, packed=False)
+    isect_offsets = kernels.isect_offset_encode(isect_ids, 1, tiles_x, tiles_y)
+    rendered, alpha = kernels.rasterize_to_pixels(means2d[None], conics[None], channels[None],
+                                                  splats.opacities[None], width, height, TILE_SIZE,
+                                                  isect_offsets, flatten_ids, packed=False)
     with torch.no_grad():
         tiles = tile_lists_from_gsplat(isect_offsets, flatten_ids, TILE_SIZE)
         extra = composite(means2d, conics, splats.opacities, None, radii, tiles, width, height,
