@@ -59,7 +59,7 @@ def accumulate(stats: DensifyStats, out: RenderOutput, camera: Camera) -> None:
         raise ValueError("means2d has no gradient: call out.means2d.retain_grad() before backward()")
     # gradient w.r.t. pixels -> w.r.t. NDC (pixel = (ndc + 1) * size / 2): 3DGS's 2e-4 threshold applies
     scale = torch.tensor([camera.width / 2.0, camera.height / 2.0], device=grad.device, dtype=grad.dtype)
-    visible = out.radii > 0
+    visible = (out.radii > 0).reshape(grad.shape[0], -1).all(-1)  # (N,) radii, or gsplat's per-axis (N,2)
     stats.grad_sum += torch.where(visible, (grad * scale).norm(dim=-1), torch.zeros_like(stats.grad_sum))
     stats.count += visible.to(stats.count.dtype)
     if out.pixels_dominated is not None:
