@@ -58,13 +58,16 @@ def quat_conjugate(q: np.ndarray) -> np.ndarray:
     return q * np.array([1, -1, -1, -1], dtype=q.dtype)
 
 
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Unit wxyz quaternions (..., 4) -> rotation matrices (..., 3, 3)."""
-    w, x, y, z = (q[..., i] for i in range(4))
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-                    axis=-1).reshape(q.shape[:-1] + (3, 3))
+def quat_to_matrix(q: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Unit wxyz quaternions with components along `axis` -> rotation matrices: (..., 4) -> (..., 3, 3), or with
+    axis=0 (4, N) -> (3, 3, N)."""
+    w, x, y, z = np.moveaxis(q, axis, 0)
+    entries = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+               2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+               2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+    if axis == 0:
+        return np.stack(entries).reshape((3, 3) + w.shape)
+    return np.stack(entries, axis=-1).reshape(w.shape + (3, 3))
 
 
 def quat_from_matrix(m: np.ndarray) -> np.ndarray:
@@ -466,7 +469,9 @@ def _rest_faces(binding: Binding) -> dict[str, np.ndarray]:
     frame[identity] = np.eye(3)
     # P^-1 of the upper-triangular P = [[p00, p01], [0, p11]].
     inverse = np.stack([1 / p00, -p01 / (p00 * p11), 1 / p11], axis=-1)
-    return {"frame": frame.astype(np.float32), "inverse": inverse.astype(np.float32)}
+    return {"frame": frame.astype(np.float32), "inverse": inverse.astype(np.float32),
+            "quat_inverse": np.ascontiguousarray(quat_conjugate(quat_from_matrix(frame)).T, dtype=np.float32),
+            "corners": np.ascontiguousarray(tri.T)}
 
 
 def _splat_terms(binding: Binding) -> dict[str, np.ndarray]:
@@ -495,9 +500,9 @@ def deform(binding: Binding, vertices_deformed: np.ndarray, scale_with_stretch: 
     rest = _cached(binding, "rest", _rest_faces)
     splat = _cached(binding, "splat", _splat_terms)
     # Per triangle (F << N): deformed frame, its rotation from rest, in-plane strain.
-    tri = binding.triangles
-    v0 = verts[tri[:, 0]]
-    e1, e2 = verts[tri[:, 1]] - v0, verts[tri[:, 2]] - v0
+    corner = rest["corners"]
+    v0 = np.take(verts, corner[0], axis=0)
+    e1, e2 = np.take(verts, corner[1], axis=0) - v0, np.take(verts, corner[2], axis=0) - v0
     f = _triangle_frames(e1, e2)
     # In-plane map M = P' P^-1 (upper triangular) and its polar rotation angle theta.
     inv = rest["inverse"]
@@ -510,10 +515,13 @@ def deform(binding: Binding, vertices_deformed: np.ndarray, scale_with_stretch: 
     h = np.where(bad, np.float32(1), h)
     cos, sin = (trace / h)[:, None], (-m01 / h)[:, None]
     frame = np.stack([cos * f.t1 + sin * f.t2, cos * f.t2 - sin * f.t1, f.normal], axis=-1)
-    frame[bad] = rest["frame"][bad]
+    if bad.any():
+        frame[bad] = rest["frame"][bad]
     geometry = np.concatenate([v0, e1, e2, frame[:, :, 2]], axis=1)                  # (F, 12)
-    face_rotation = np.matmul(frame, rest["frame"].transpose(0, 2, 1)).reshape(-1, 9)
-    face_quat = np.ascontiguousarray(quat_from_matrix(frame).T)                     # (4, F)
+    face_quat = quat_from_matrix(frame).T                                            # (4, F)
+    # G = F~' F^T, from quaternions: cheaper than a product of 3x3 matrices per triangle.
+    face_rotation = quat_to_matrix(quat_multiply(face_quat, rest["quat_inverse"], axis=0), axis=0).reshape(9, -1).T
+    face_quat = np.ascontiguousarray(face_quat)
     # Per splat: contiguous gathers (np.take) and arithmetic on contiguous rows.
     face = binding.face
     means = np.einsum("nk,nkj->nj", splat["weights"], np.take(geometry, face, axis=0).reshape(-1, 4, 3))
