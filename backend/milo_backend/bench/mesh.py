@@ -8,6 +8,7 @@ sphere, a camera 3 units away whose view the sphere fills.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import time
 
@@ -32,8 +33,11 @@ def bench_mesh(device: str = "cpu") -> str:
         if nvdiffrast_available("cuda"):
             step_cases += [(n, "cuda", "nvdiffrast") for n in STEP_PIVOTS]
     step_rows = [_in_child(_step_case, n, dev, raster) for n, dev, raster in step_cases]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return (section_header("Mesh extraction (pivots, Delaunay, marching tetrahedra, mesh raster)",
                            f"milo-backend bench mesh --device {device}", device)
+            + f"Load average (1/5/15 min) when the run ended: {load} on {os.cpu_count()} cores "
+              "(a loaded machine inflates every figure).\n\n"
             + "Delaunay of uniform random points in a cube (all tetrahedra positively oriented; "
               "peak RSS of the whole process, torch included):\n\n"
             + markdown_table(delaunay_rows)
