@@ -112,7 +112,8 @@ def run(n_splats: int, subdivisions: int, repeats: int) -> list[dict]:
                      **timed(lambda: deform(binding, deformed, stretch), repeats)})
     rotation = deform(binding, deformed)[3]
     few = max(1, repeats // 2)
-    rows.append({"operation": "rotate_sh degree 3, (N, 15, 3)", **common, **timed(lambda: rotate_sh(sh, rotation), few)})
+    rows.append({"operation": "rotate_sh degree 3, (N, 15, 3)", **common,
+                 **timed(lambda: rotate_sh(sh, rotation), few)})
     rows_f_rest = np.ascontiguousarray(sh.transpose(1, 2, 0))
     rows.append({"operation": "rotate_sh_components degree 3, (15, 3, N)", **common,
                  **timed(lambda: rotate_sh_components(rows_f_rest, rotation), few)})

@@ -9,7 +9,7 @@
 part (polar decomposition) of the triangle's deformation, and optionally scales stretched with the triangle.
 
 Why the polar rotation and not F' F^-1: F follows the first edge, so a shear would turn the splats by an amount
-that depends on vertex order. G = F' P(theta) F^T, where theta is the rotation of the in-plane 2x2 map
+that depends on vertex order. G = F' Rz(theta) F^T, where theta is the rotation angle of the in-plane 2x2 map
 M = P' P^-1 (P, P' the triangle's edges in its own frame), is the rotation nearest to the triangle's affine
 map (normal mapped to normal); it is independent of vertex order and equals F' F^T for rigid motion.
 

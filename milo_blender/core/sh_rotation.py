@@ -44,7 +44,7 @@ def _basis_terms(degree: int, x, y, z) -> list:
 
 
 def sh_basis(directions: np.ndarray, degree: int) -> np.ndarray:
-    """Real SH basis of one degree (1, 2 or 3) at unit directions (..., 3) -> (..., 2*degree+1), 3DGS order and signs."""
+    """Real SH basis of one degree (1, 2 or 3) at unit directions (..., 3) -> (..., 2l+1), 3DGS order and signs."""
     d = np.asarray(directions)
     return np.stack(_basis_terms(degree, d[..., 0], d[..., 1], d[..., 2]), axis=-1)
 
@@ -111,11 +111,6 @@ def _transposed_blocks(rows: np.ndarray, degree: int) -> list[np.ndarray]:
 _CHUNK = 16384
 
 
-def _chunks(n: int):
-    for start in range(0, n, _CHUNK):
-        yield slice(start, min(start + _CHUNK, n))
-
-
 def _float_dtype(array) -> type:
     return np.float32 if np.asarray(array).dtype == np.float32 else np.float64
 
@@ -161,7 +156,7 @@ def rotate_sh_components(coeffs: np.ndarray, rotations: np.ndarray) -> np.ndarra
     dtype = _float_dtype(c)
     rows = _checked_rows(rotations, c.shape[2], dtype)
     out = np.empty(c.shape, dtype=dtype)
-    for part in _chunks(c.shape[2]):
+    for part in (slice(start, start + _CHUNK) for start in range(0, c.shape[2], _CHUNK)):
         _rotate_chunk(c[:, :, part], _chunk_rows(rows, part), out[:, :, part])
     return out
 
@@ -179,9 +174,10 @@ def rotate_sh(sh_rest: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     dtype = _float_dtype(sh)
     rows = _checked_rows(rotations, sh.shape[0], dtype)
     out = np.empty(sh.shape, dtype=dtype)
-    for part in _chunks(sh.shape[0]):
+    for part in (slice(start, start + _CHUNK) for start in range(0, sh.shape[0], _CHUNK)):
         # Transposing chunk by chunk stays in cache (3x faster than transposing the whole array at once).
-        rotated = np.empty(sh.shape[1:] + (part.stop - part.start,), dtype=dtype)
-        _rotate_chunk(np.ascontiguousarray(sh[part].transpose(1, 2, 0), dtype=dtype), _chunk_rows(rows, part), rotated)
+        chunk = np.ascontiguousarray(sh[part].transpose(1, 2, 0), dtype=dtype)
+        rotated = np.empty_like(chunk)
+        _rotate_chunk(chunk, _chunk_rows(rows, part), rotated)
         out[part] = rotated.transpose(2, 0, 1)
     return out
