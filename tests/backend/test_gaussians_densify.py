@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from milo_backend.events import NullReporter
 from milo_backend.gaussians import densify
 from milo_backend.gaussians.densify import (DensifyStats, accumulate, aggressive_clone, densify_and_prune,
                                             depth_reinit, simplify, split_opacity, top_mass_mask,
@@ -181,7 +182,10 @@ def test_depth_reinit_samples_only_where_something_is_rendered():
     out = render_fn(cam)
     empty = int((out.alpha[..., 0] == 0).sum())
     assert empty > 0  # the plane does not fill this wide view
-    depth_reinit(m, [cam], lambda c: uv_image(c), render_fn, n_points=int((out.alpha > 0).sum()) + 50)
+    reporter = NullReporter()
+    depth_reinit(m, [cam], lambda c: uv_image(c), render_fn, n_points=int((out.alpha > 0).sum()) + 50,
+                 reporter=reporter)
+    assert [(e["stage"], e["step"], e["total"]) for e in reporter.of("progress")] == [("depth_reinit", 1, 1)]
     assert len(m) == int((out.alpha > 0).sum())  # capped: a pixel is drawn at most once
 
 

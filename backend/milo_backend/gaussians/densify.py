@@ -18,6 +18,7 @@ from gsplat.utils import normalized_quat_to_rotmat
 
 from milo_backend.data.camera import Camera
 from milo_backend.errors import MiloError
+from milo_backend.events import Reporter
 from milo_backend.gaussians import ops
 from milo_backend.gaussians.init import knn_scales
 from milo_backend.gaussians.model import GaussianModel
@@ -248,7 +249,7 @@ def surface_samples(model: GaussianModel, camera: Camera, out: RenderOutput, ima
 def depth_reinit(model: GaussianModel, cameras: Sequence[Camera],
                  images: Sequence[torch.Tensor] | Callable[[Camera], torch.Tensor], render_fn: RenderFn, *,
                  n_points: int | None = None, generator: torch.Generator | None = None,
-                 opacity: float = 0.1) -> int:
+                 opacity: float = 0.1, reporter: Reporter | None = None) -> int:
     """Replace every Gaussian by about `n_points` (default: the current count, as MILo's
     num_depth_factor = 1) points sampled on the rendered surfaces, n_points / len(cameras) per view:
     colour from the photo, kNN scale, opacity 0.1, identity rotation, no higher SH.
@@ -256,7 +257,8 @@ def depth_reinit(model: GaussianModel, cameras: Sequence[Camera],
     `images`: one (H,W,3) tensor in [0,1] per camera, or a function camera -> image (to load lazily).
     `render_fn(camera)` must render the current model with stats (alpha and max_weight_id).
     Optimiser moments restart (call `make_optimizers` again to also reset the learning rates).
-    Returns the number of Gaussians now in the model.
+    `generator` (on the model's device) makes the pixel draws reproducible. Returns the number of
+    Gaussians now in the model.
     """
     n_points = len(model) if n_points is None else int(n_points)
     per_view = np.full(len(cameras), n_points // len(cameras))
@@ -269,6 +271,8 @@ def depth_reinit(model: GaussianModel, cameras: Sequence[Camera],
         p, c = surface_samples(model, cam, render_fn(cam), image, int(k), generator)
         points.append(p)
         colors.append(c)
+        if reporter is not None:
+            reporter.progress("depth_reinit", i + 1, len(cameras))
     pts = torch.cat(points) if points else torch.zeros(0, 3, device=model.device)
     if len(pts) == 0:
         raise MiloError("depth re-initialisation found no rendered surface in any training view",
