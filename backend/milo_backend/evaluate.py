@@ -74,6 +74,7 @@ def render_cameras(source, cameras_file, out_dir, reporter: Reporter, device: st
 def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> dict:
     """PSNR / SSIM of the run's held-out views (cameras with split "test"); writes `run/eval.json`."""
     from milo_backend.data.images import ImageCache
+    from milo_backend.train import training_image
 
     run = Path(run)
     dev = select_device(device)
@@ -85,13 +86,13 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     bg = torch.full((3,), 1.0 if config.get("white_background") else 0.0, device=dev)
     splats, sh_degree = load_splats(run, dev)
-    images = ImageCache(device=dev)
+    images = ImageCache()
     reporter.stage("eval", f"Evaluating {len(cameras)} held-out views")
     per_view = []
     for i, cam in enumerate(cameras):
         with torch.no_grad():
             img = render(splats, cam, sh_degree=sh_degree, background=bg).color.clamp(0, 1)
-            gt = images.get(cam, bg)
+            gt = training_image(images, cam, bg)
             per_view.append({"name": cam.name, "psnr": float(losses.psnr(img, gt)),
                              "ssim": float(losses.ssim(img, gt))})
         reporter.progress("eval", i + 1, len(cameras))

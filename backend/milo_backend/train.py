@@ -26,10 +26,10 @@ from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
 from milo_backend.gaussians import densify
 from milo_backend.gaussians.filter3d import compute_filter_3d
-from milo_backend.gaussians.importance import importance_scores
+from milo_backend.gaussians.importance import gather_weight_stats, importance_scores
 from milo_backend.gaussians.init import init_from_points, random_points_in_view
 from milo_backend.gaussians.model import GaussianModel
-from milo_backend.gaussians.optim import make_optimizers, position_lr
+from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
 from milo_backend.previews import colorize_depth, normals_image, save_loss_curve, save_panel, to_uint8
 from milo_backend.render import render
@@ -122,7 +122,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     cams = dataset.train_cameras
     sched = cfg.schedule
     extent = camera_extent(cams)
-    images = ImageCache(device=device)
+    images = ImageCache()
     background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
     state = RunState()
 
@@ -143,7 +143,14 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         stats = None
     if stats is None:
         stats = densify.DensifyStats.empty(len(model), device)
-    model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
+    def train_cameras(it: int) -> list[Camera]:
+        """The cameras at the resolution trained at iteration `it` (half, then full)."""
+        return cams if it >= sched.full_resolution_from else [c.downscaled(2) for c in cams]
+
+    def update_filter(it: int) -> None:
+        model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), train_cameras(it))
+
+    update_filter(state.iteration + 1)
 
     def save(reason: str = "") -> Path:
         path = save_checkpoint(out, {
@@ -173,15 +180,14 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             it = state.iteration + 1
             if not state.order:
                 state.order = random.sample(range(len(cams)), len(cams))
-            cam_full = cams[state.order.pop()]
-            cam = cam_full if it >= sched.full_resolution_from else cam_full.downscaled(2)
-            gt = images.get(cam, background)
+            cam = train_cameras(it)[state.order.pop()]
+            gt = training_image(images, cam, background)
 
             model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
-            for group in model.optimizers["means"].param_groups:
-                group["lr"] = position_lr(it, sched.position_lr_decay_steps, extent)
+            set_position_lr(model, it, sched.position_lr_decay_steps, extent)
 
-            out_r = render_at(cam)
+            # the per-Gaussian statistics feed the "blurry" split of the densification window
+            out_r = render_at(cam, with_stats=it <= sched.densify_until)
             out_r.means2d.retain_grad()
             photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
             loss = photo
@@ -210,25 +216,28 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                                           max_gaussians=cfg.budgets["max_gaussians"])
                 changed = True
             if sched.is_aggressive_clone_step(it):
-                densify.aggressive_clone(model, cams, render_stats, max_gaussians=cfg.budgets["max_gaussians"])
+                w = gather_weight_stats(render_stats, train_cameras(it), len(model))
+                densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated,
+                                         max_gaussians=cfg.budgets["max_gaussians"])
                 changed = True
             if it == sched.depth_reinit_at:
-                densify.depth_reinit(model, cams, lambda c: images.get(c, background), render_stats,
-                                     n_points=min(cfg.budgets["max_gaussians"], max(len(model), cfg.init_points)))
+                densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
+                                     render_stats, n_points=min(len(model), cfg.budgets["max_gaussians"]))
                 make_optimizers(model, extent)
                 changed = True
             if it == sched.simplify_at:
-                scores, _ = importance_scores(render_stats, cams, len(model), scene=cfg.scene)
+                scores, _ = importance_scores(render_stats, train_cameras(it), len(model), scene=cfg.scene)
                 densify.simplify(model, scores, keep_fraction=cfg.simplify_keep_fraction)
+                make_optimizers(model, extent)  # as the published code: fresh Adam after simplification
                 changed = True
             if it == sched.simplify2_at:
-                scores, _ = importance_scores(render_stats, cams, len(model), scene=cfg.scene)
-                densify.simplify(model, scores, drop_mass=0.01)
+                scores, _ = importance_scores(render_stats, train_cameras(it), len(model), scene=cfg.scene)
+                densify.simplify(model, scores, keep_mass=0.99)  # drop the bottom 1% of importance
                 changed = True
             if changed:
                 stats = densify.DensifyStats.empty(len(model), device)
-            if changed or it % sched.filter_3d_every == 0:
-                model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
+            if changed or it % sched.filter_3d_every == 0 or it + 1 == sched.full_resolution_from:
+                update_filter(it + 1)
 
             # -- reporting ------------------------------------------------------------------------
             now = time.monotonic()
@@ -255,10 +264,16 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     return outputs
 
 
+def training_image(images: ImageCache, camera: Camera, background: torch.Tensor) -> torch.Tensor:
+    """The photo of `camera` at its resolution; transparent pixels take the background colour."""
+    rgb, alpha = images.get(camera, background.device)
+    return rgb if alpha is None else rgb * alpha + background * (1 - alpha)
+
+
 def write_preview(out: Path, it: int, camera: Camera, render_at, images: ImageCache, background) -> Path:
     """Photo | render | depth | normals of the first training view."""
     with torch.no_grad():
         r = render_at(camera)
-    tiles = [to_uint8(images.get(camera, background)), to_uint8(r.color), colorize_depth(r.depth_median),
+    tiles = [to_uint8(training_image(images, camera, background)), to_uint8(r.color), colorize_depth(r.depth_median),
              normals_image(r.normals)]
     return save_panel(out / "previews" / f"train_{it:06d}.png", tiles)
