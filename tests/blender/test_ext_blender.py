@@ -349,9 +349,8 @@ def test_real_backend_explains_an_empty_photos_folder(ext, jobs, monkeypatch, tm
     assert jobs.get("reconstruct").state.returncode == 2 and group_gone(jobs, jobs.get("reconstruct"))
 
 
-@pytest.mark.skipif(os.environ.get("MILO_REAL_TRAIN_TESTS") != "1",
-                    reason="trains with the real CPU backend (minutes on 2 cores); set MILO_REAL_TRAIN_TESTS=1")
 def test_real_backend_reconstructs_the_sample_scene(ext, jobs, monkeypatch, tmp_path):
+    """The whole path with the real CPU backend: synthetic photos -> training -> import (~30 s here)."""
     import subprocess
     monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
     scene_dir = tmp_path / "sample scene"
