@@ -7,11 +7,12 @@ Semantics are gsplat 1.5.3's "classic" kernel (so the torch and gsplat renderers
 Extra per-pixel outputs: the Gaussian at which T first drops below 0.5 (median depth) and the
 max-weight Gaussian; per Gaussian: weight sums and touched-pixel counts (importance, densification).
 
-How it is vectorised (no Python loop over tiles or Gaussians): each (tile, Gaussian) entry of the tile
-lists expands to the pixels of its bounding box inside that tile (the box is exactly where alpha can reach
-1/255, see `project.py`), giving sparse (pixel, Gaussian) candidates. One stable sort by pixel (entries
-are already front to back) makes each pixel's pairs contiguous, and transmittances are an exclusive
-segmented cumsum of log(1 - alpha) (float64: the running sum spans many pixels). Pixels are numbered
+How it is vectorised (no Python loop over pixels or Gaussians): each (tile, Gaussian) entry of the tile
+lists covers the rows of its bounding box inside that tile; on each row, the columns where the ellipse
+can reach alpha = 1/255 are solved for in closed form, and only those pixels become (pixel, Gaussian)
+candidates, so almost every candidate contributes. One stable sort by pixel (entries are already front
+to back) makes each pixel's pairs contiguous, and transmittances are an exclusive segmented cumsum of
+log(1 - alpha) (float64: the running sum spans many pixels). Pixels are numbered
 tile-major (tile * 256 + row-in-tile * 16 + column-in-tile) so a chunk of consecutive tiles owns a
 contiguous slice of the output. Chunks hold about `PAIR_BUDGET` candidates, bounding memory. The forward
 keeps the few numbers the backward needs per contributing pair (or, past `STORE_BUDGET` bytes, lets the
