@@ -215,7 +215,7 @@ def test_triangulation_from_known_poses_lies_on_the_scene(scene, tmp_path):
         frames.append({"file_path": path.name, "transform_matrix": c2w.tolist()})
     angle = 2 * np.arctan(W / 2 / FOCAL)  # the same field of view at both image sizes
     (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
-    ds = load_dataset(tmp_path, tmp_path / "work", eval_split=True)
+    ds = load_dataset(tmp_path, tmp_path / "work", eval_split=True, max_size=200)  # cameras scaled, files not
     rep = NullReporter()
     result = triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=300)
     assert result is not None, rep.events
@@ -223,6 +223,8 @@ def test_triangulation_from_known_poses_lies_on_the_scene(scene, tmp_path):
     assert len(points) >= 300 and colors.shape == points.shape and 0 <= colors.min() and colors.max() <= 1
     assert np.median(on_surface_distance(points)) < 0.01  # 1 cm in a 10 m room
     assert np.mean(on_surface_distance(points) < 0.05) > 0.95
-    # too few points -> None, and the caller falls back to random points
+    # cached: the second call does not triangulate again; too few points -> None (random init instead)
+    rep = NullReporter()
     assert triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=10 ** 7) is None
+    assert not rep.of("stage") and "Reusing" in rep.of("log")[0]["message"]
     assert "random points" in rep.of("warning")[-1]["message"]

@@ -165,7 +165,9 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
         timings["prepare"] = time.perf_counter() - t0
         groups = _camera_groups(kept, options.camera_model)
         extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features",
-                         step0=len(photos), total=len(photos) + len(kept))
+                         step0=len(photos), total=2 * len(photos))
+        if skipped:  # the bar still ends at 100%
+            reporter.progress("sfm:features", 2 * len(photos), 2 * len(photos))
         timings["features"] = time.perf_counter() - t0 - timings["prepare"]
 
         # -- matching ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from milo_backend.atomic import atomic_path, write_json
 from milo_backend.data.camera import Camera
 from milo_backend.data.features import (SfmOptions, colmap_log_level, extract_features, link_or_copy,
                                         match_pairs, pose_neighbour_pairs, staged_name)
@@ -195,12 +196,41 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
     """An SfM-like point cloud for a dataset with known poses (NeRF inputs): SIFT features of the training
     images, matches between cameras that look at the same part of the scene, triangulation with the poses
     held fixed. Returns (points (P,3), colours (P,3) in [0,1]), or None when fewer than `min_points` come
-    out (textureless or synthetic scenes: the caller then starts from random points)."""
+    out (textureless or synthetic scenes: the caller then starts from random points).
+    The result is cached in workdir/triangulation (same cameras and options: not redone)."""
     reporter = reporter or NullReporter()
     options = options or SfmOptions()
-    cameras = dataset.train_cameras
+    # intrinsics of the image files as stored (the dataset's cameras may be scaled down by max_size)
+    cameras = [c.scaled(*image_size(c.image_path)) for c in dataset.train_cameras]
     work = Path(workdir) / "triangulation"
-    shutil.rmtree(work, ignore_errors=True)
+    signature = {"cameras": [[c.name, c.width, c.height, c.fx, c.fy, c.cx, c.cy,
+                              np.round(c.world_to_cam, 9).tolist()] for c in cameras], "options": options.to_json()}
+    cache, cache_info = work / "points.npz", work / "points.json"
+    try:
+        cached = json.loads(cache_info.read_text(encoding="utf-8")) == signature and cache.exists()
+    except (OSError, ValueError):
+        cached = False
+    if cached:
+        with np.load(cache) as data:
+            points, colors = data["points"], data["colors"]
+        reporter.log(f"Reusing {len(points)} points triangulated earlier")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        points, colors = _triangulate(cameras, work, reporter, options)
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, points=points, colors=colors)
+        write_json(cache_info, signature)
+    if len(points) < min_points:
+        reporter.warning(f"Triangulation from the known poses gave only {len(points)} points "
+                         f"(fewer than {min_points}); starting from random points instead",
+                         hint="Normal for synthetic or textureless scenes.")
+        return None
+    return points, colors
+
+
+def _triangulate(cameras: list[Camera], work: Path, reporter: Reporter,
+                 options: SfmOptions) -> tuple[np.ndarray, np.ndarray]:
     staged, db_path, model_dir = work / "images", work / "database.db", work / "model"
     staged.mkdir(parents=True)
     model_dir.mkdir()
@@ -238,15 +268,11 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
         mapper.random_seed = options.seed
         result = pycolmap.triangulate_points(rec, db_path, staged, model_dir, options=mapper)
         reporter.progress("triangulate", 2 * len(cameras), 2 * len(cameras))
-    ids = result.point3D_ids()
     shutil.rmtree(staged, ignore_errors=True)
-    if len(ids) < min_points:
-        reporter.warning(f"Triangulation from the known poses gave only {len(ids)} points "
-                         f"(fewer than {min_points}); starting from random points instead",
-                         hint="Normal for synthetic or textureless scenes.")
-        return None
-    points = np.array([result.points3D[i].xyz for i in ids], dtype=np.float64)
-    colors = np.array([result.points3D[i].color for i in ids], dtype=np.float32) / 255.0
+    db_path.unlink(missing_ok=True)
+    ids = result.point3D_ids()
+    points = np.array([result.points3D[i].xyz for i in ids], dtype=np.float64).reshape(-1, 3)
+    colors = np.array([result.points3D[i].color for i in ids], dtype=np.float32).reshape(-1, 3) / 255.0
     reporter.log(f"Triangulated {len(points)} points from known poses "
                  f"(mean reprojection error {result.compute_mean_reprojection_error():.2f} px)")
     return points, colors
