@@ -24,6 +24,13 @@ setup() {
   fi
 }
 
+setup_blender() {
+  # bpy from PyPI runs the extension headless in the tests. --no-deps: bpy declares numpy<2, and it
+  # works with the numpy the backend already has.
+  "$VENV/bin/python" -c "import bpy" 2>/dev/null \
+    || "$VENV/bin/python" -m pip install -q --no-deps -r tests/blender/requirements.txt
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -39,6 +46,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    setup_blender
     "$VENV/bin/python" -m pytest tests -q "$@"
     ;;
   bench)

@@ -3,7 +3,9 @@
 Every phase boundary of the published 18,000-iteration schedule is stored as a fraction of the iteration
 budget, so `--iterations 2000` runs the same sequence of phases, just shorter (the published code keeps
 its absolute iteration numbers whatever `--iterations` says). Intervals (densify every 100, Delaunay
-every 500, ...) scale the same way, so each phase sees the same number of events.
+every 500, ...) scale the same way, so each phase sees the same number of events, except that a
+densification step always accumulates gradients over at least 10 views (short runs would otherwise
+densify after every single image, from one view's noisy gradients).
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ class Schedule:
         """The iteration corresponding to `base_iteration` of the 18k schedule."""
         return round(base_iteration * self.iterations / BASE_ITERATIONS)
 
-    def every(self, base_interval: int) -> int:
-        return max(1, self.at(base_interval))
+    def every(self, base_interval: int, floor: int = 1) -> int:
+        """A scaled interval, at least `floor` (densification must see several views per decision)."""
+        return max(floor, self.at(base_interval))
 
     # phase boundaries
     @property
@@ -43,9 +46,9 @@ class Schedule:
     @property
     def densify_until(self) -> int: return self.at(3000)
     @property
-    def densify_every(self) -> int: return self.every(100)
+    def densify_every(self) -> int: return self.every(100, floor=10)
     @property
-    def aggressive_clone_every(self) -> int: return self.every(250)
+    def aggressive_clone_every(self) -> int: return self.every(250, floor=25)
     @property
     def depth_reinit_at(self) -> int: return self.at(2000)
     @property

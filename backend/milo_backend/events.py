@@ -129,7 +129,7 @@ class Reporter:
         if bar is None:
             self._close_bars()
             bar = self._bars[stage] = tqdm(total=obj.get("total"), desc=stage, file=self.stream,
-                                           dynamic_ncols=True, leave=True)
+                                           dynamic_ncols=True, leave=True, initial=obj.get("step", 0))
         bar.n = obj.get("step", 0)
         post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in obj.items()
                 if k not in ("event", "v", "time", "stage", "step", "total", "eta_s")}
