@@ -38,6 +38,24 @@ NO_MODEL_HINT = ("Structure from motion needs photos that overlap a lot (each pa
                  "moving people, animals or shadows, and zoom changes.")
 
 
+class StageClock:
+    """Wall and CPU seconds per sub-stage. CPU time (all threads) does not grow when other processes share
+    the cores, so it shows what a run costs on an idle machine (about CPU / cores for parallel stages)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._mark()
+
+    def _mark(self) -> None:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def lap(self, stage: str) -> None:
+        self.wall[stage] = round(time.perf_counter() - self._wall0, 2)
+        self.cpu[stage] = round(time.process_time() - self._cpu0, 2)
+        self._mark()
+
+
 def _inputs_signature(photos: list[Path]) -> list[dict]:
     return [{"name": p.name, "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in photos]
 
@@ -151,37 +169,34 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
     work = out_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
     staged_dir, db_path, distorted_dir = work / "images", work / "database.db", work / "distorted"
-    timings: dict[str, float] = {}
+    clock = StageClock()
     pycolmap.set_random_seed(options.seed)
     with colmap_log_level():
         # -- features (incl. reading every photo once) ----------------------------------------------
-        t0 = time.perf_counter()
         reporter.stage("sfm:features", f"Reading {len(photos)} photos and detecting features")
         kept, skipped = _prepare_photos(photos, staged_dir, reporter, "sfm:features", 2 * len(photos))
         if len(kept) < MIN_PHOTOS:
             raise MiloError(f"Only {len(kept)} of the {len(photos)} photos in {images_dir} could be read; "
                             f"structure from motion needs at least {MIN_PHOTOS}",
                             hint="Replace the corrupt photos (see the warnings) or add more.", path=images_dir)
-        timings["prepare"] = time.perf_counter() - t0
+        clock.lap("prepare")
         groups = _camera_groups(kept, options.camera_model)
         extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features",
                          step0=len(photos), total=2 * len(photos))
         if skipped:  # the bar still ends at 100%
             reporter.progress("sfm:features", 2 * len(photos), 2 * len(photos))
-        timings["features"] = time.perf_counter() - t0 - timings["prepare"]
+        clock.lap("features")
 
         # -- matching ----------------------------------------------------------------------------------
-        t0 = time.perf_counter()
         names = [name for _, name in kept]
         exhaustive = len(names) <= options.exhaustive_max_images
         pairs = exhaustive_pairs(names) if exhaustive else sequential_pairs(names, options.sequential_overlap)
         reporter.stage("sfm:matching", f"Matching {len(pairs)} image pairs "
                                        f"({'exhaustive' if exhaustive else 'sequential, in file-name order'})")
         match_pairs(db_path, pairs, work, options, reporter, "sfm:matching")
-        timings["matching"] = time.perf_counter() - t0
+        clock.lap("matching")
 
         # -- mapping -----------------------------------------------------------------------------------
-        t0 = time.perf_counter()
         reporter.stage("sfm:mapping", "Estimating camera poses")
         distorted_dir.mkdir(parents=True, exist_ok=True)
         registered = [0]
@@ -192,14 +207,13 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
 
         models = pycolmap.incremental_mapping(db_path, staged_dir, distorted_dir, options=_mapper_options(options),
                                               next_image_callback=next_image)
-        timings["mapping"] = time.perf_counter() - t0
+        clock.lap("mapping")
         if not models:
             raise MiloError(f"Structure from motion found no camera poses for the {len(kept)} photos in "
                             f"{images_dir}", hint=NO_MODEL_HINT, path=images_dir)
         rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))  # the largest
 
         # -- undistortion ------------------------------------------------------------------------------
-        t0 = time.perf_counter()
         source_of = {name: src for src, name in kept}
         reg_names = sorted(rec.images[i].name for i in rec.reg_image_ids())
         final = dict(zip(reg_names, output_names([source_of[n].name for n in reg_names])))
@@ -230,14 +244,14 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
         sparse.mkdir(parents=True)
         undistorted = _undistorted_reconstruction(rec, final)
         undistorted.write(sparse)
-        timings["undistort"] = time.perf_counter() - t0
+        clock.lap("undistort")
 
     write_json(out_dir / MANIFEST, {
         "inputs": _inputs_signature(photos), "options": options.to_json(),
         "registered": len(reg_names), "total": len(photos), "unregistered": unregistered, "skipped": skipped,
         "num_points": undistorted.num_points3D(),
         "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()}, "pycolmap": pycolmap.__version__})
+        "timings_s": clock.wall, "cpu_s": clock.cpu, "pycolmap": pycolmap.__version__})
     shutil.rmtree(staged_dir, ignore_errors=True)  # copies of the photos: no longer needed
     db_path.unlink(missing_ok=True)
     return out_dir
