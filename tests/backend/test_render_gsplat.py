@@ -162,7 +162,7 @@ def psnr(a, b):
     return -10 * math.log10(float(((a - b) ** 2).mean()))
 
 
-def fit(backend, target, init, camera, steps=300):
+def fit(backend, target, init, camera, steps=150):
     params = [t.detach().clone().requires_grad_(True) for t in init]
     opt = torch.optim.Adam([{"params": [params[0]], "lr": 2e-3}, {"params": [params[1]], "lr": 1e-2},
                             {"params": [params[2]], "lr": 5e-3}, {"params": [params[3]], "lr": 2e-2},
@@ -182,12 +182,14 @@ def fit(backend, target, init, camera, steps=300):
 
 @needs_gsplat
 def test_short_optimisation_reaches_the_same_psnr_with_both_backends():
+    # known Gaussians (vivid colours) render the target; different random ones start the fit
     truth, camera = random_scene(400, 64, 64, sh_degree=0, device="cuda", seed=10, radius_px=(3.0, 10.0))
     with torch.no_grad():
-        target = render(truth, camera, sh_degree=0, backend="torch").color
+        target = render(truth._replace(sh=truth.sh * 3), camera, sh_degree=0, backend="torch").color
     guess, _ = random_scene(400, 64, 64, sh_degree=0, device="cuda", seed=11, radius_px=(3.0, 10.0))
-    init = (guess.means, guess.quats, guess.scales.log(), torch.logit(guess.opacities), guess.sh)
-    start = psnr(render(guess, camera, sh_degree=0, backend="torch").color, target)
+    init = (guess.means, guess.quats, guess.scales.log(), torch.logit(guess.opacities), guess.sh * 3)
+    start = psnr(render(guess._replace(sh=guess.sh * 3), camera, sh_degree=0, backend="torch").color, target)
     results = {backend: fit(backend, target, init, camera) for backend in ("torch", "gsplat")}
-    assert results["torch"] > start + 5, (start, results)
+    # on the CPU (torch backend) this goes from about 15 to about 37 dB
+    assert results["torch"] > start + 10, (start, results)
     assert abs(results["torch"] - results["gsplat"]) < 1.0, results
