@@ -95,6 +95,9 @@ def test_photo_folder_detection(tmp_path):
     assert detect_kind(wrapped) == "photos" and photos_folder(wrapped) == wrapped / "images"
     (wrapped / "other").mkdir()  # images/ plus something else: not a plain photo folder
     assert photos_folder(wrapped) is None
+    with pytest.raises(MiloError, match="also other") as err:
+        detect_kind(wrapped)
+    assert "images/ folder itself" in err.value.hint
     (wrapped / "sparse").mkdir()
     assert detect_kind(wrapped) == "colmap"
 

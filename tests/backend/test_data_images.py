@@ -146,3 +146,11 @@ def test_image_cache_evicts_least_recently_used_and_rejects_wrong_aspect(tmp_pat
     wrong = Camera("0.png", 20, 10, 10.0, 10.0, 10.0, 5.0, image_path=cams[0].image_path)
     with pytest.raises(MiloError, match="aspect"):
         cache.get(wrong)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_image_cache_returns_tensors_on_the_requested_device(tmp_path):
+    Image.fromarray(np.full((8, 8, 3), 51, np.uint8)).save(tmp_path / "a.png")
+    cam = Camera("a.png", 8, 8, 8.0, 8.0, 4.0, 4.0, image_path=tmp_path / "a.png")
+    rgb, alpha = ImageCache().get(cam, device="cuda")
+    assert rgb.is_cuda and alpha is None and torch.allclose(rgb, torch.full_like(rgb, 0.2))

@@ -29,7 +29,7 @@ COLUMNS = ["configuration"] + [f"{s} s" for s in STAGES] + ["total s", "register
 BASELINE = {"configuration": "COLMAP defaults (quoted, not re-run)", "features s": "224", "matching s": "322",
             "mapping s": "83", "undistort s": "-", "total s": "630", "registered": "50/50", "reproj. px": 0.93,
             "rot. median / max deg": "-", "centre median / max (% scene)": "-"}
-CONFIGS = [SfmOptions(), SfmOptions(max_image_size=1024)]
+CONFIGS = [SfmOptions(), SfmOptions(max_image_size=1280)]
 
 
 def bench_one(fox_dir: Path, workdir: Path, options: SfmOptions) -> dict:

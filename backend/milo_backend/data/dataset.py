@@ -73,6 +73,13 @@ def detect_kind(root: Path) -> str:
     if not any(True for _ in root.iterdir()):
         raise MiloError(f"The folder {root} is empty", hint="Put the photos of the object in it.", path=root)
     if photos_folder(root) is None:
+        images = root / "images"
+        if images.is_dir() and any(is_image_file(p) for p in images.iterdir()):
+            others = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p != images)
+            raise MiloError(f"{root} has photos in images/ but also " + ", ".join(others[:5]) +
+                            ", and no sparse/ or transforms.json", path=root,
+                            hint="Select the images/ folder itself to reconstruct from the photos, or add the "
+                                 "COLMAP model (sparse/) or transforms.json that belongs to them.")
         raise MiloError(f"No images found in {root} (looked for .jpg .jpeg .png .tif .tiff .bmp .webp, also in "
                         "images/) and no sparse/ or transforms.json", path=root,
                         hint="Select a folder of photos, a COLMAP dataset (images/ + sparse/) or a folder "
