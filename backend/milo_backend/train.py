@@ -21,6 +21,7 @@ from milo_backend.config import SMALLER_PRESET, TrainConfig
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
 from milo_backend.data.images import ImageCache
+from milo_backend.data.transforms import triangulate_known_poses
 from milo_backend.device import select_device
 from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
@@ -79,10 +80,16 @@ def prepare_output(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def initial_model(dataset: Dataset, cfg: TrainConfig, reporter: Reporter, device) -> GaussianModel:
-    if dataset.points is not None and len(dataset.points) >= 100:
-        pts = torch.as_tensor(dataset.points, dtype=torch.float32)
-        cols = torch.as_tensor(dataset.point_colors, dtype=torch.float32)
+def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device) -> GaussianModel:
+    """Gaussians at the SfM points; for posed inputs without points (NeRF), at points triangulated with
+    the known poses; failing that, random points inside the region the cameras see."""
+    points, colors = dataset.points, dataset.point_colors
+    if points is None and dataset.kind == "transforms":
+        reporter.stage("triangulate", "Triangulating points with the known camera poses")
+        points, colors = triangulate_known_poses(dataset, out, reporter) or (None, None)
+    if points is not None and len(points) >= 100:
+        pts = torch.as_tensor(points, dtype=torch.float32)
+        cols = torch.as_tensor(colors, dtype=torch.float32)
         reporter.log(f"initialising {len(pts)} Gaussians from the sparse point cloud")
     else:
         rng = np.random.default_rng(cfg.seed)
@@ -138,7 +145,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         random.setstate(ckpt["py_rng"])
         reporter.log(f"resuming at iteration {state.iteration}")
     else:
-        model = initial_model(dataset, cfg, reporter, device)
+        model = initial_model(dataset, out, cfg, reporter, device)
         make_optimizers(model, extent)
         stats = None
     if stats is None:
@@ -147,10 +154,13 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         """The cameras at the resolution trained at iteration `it` (half, then full)."""
         return cams if it >= sched.full_resolution_from else [c.downscaled(2) for c in cams]
 
-    def update_filter(it: int) -> None:
-        model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), train_cameras(it))
+    def update_filter() -> None:
+        # Decision: the filter is the finest sampling rate the scene is ever rendered at (full
+        # resolution), also during the half-resolution phase. Computing it at the training resolution
+        # halves it at the switch, which fades every small Gaussian at once (opacity x sqrt(det ratio)).
+        model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
 
-    update_filter(state.iteration + 1)
+    update_filter()
 
     def save(reason: str = "") -> Path:
         path = save_checkpoint(out, {
@@ -236,8 +246,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                 changed = True
             if changed:
                 stats = densify.DensifyStats.empty(len(model), device)
-            if changed or it % sched.filter_3d_every == 0 or it + 1 == sched.full_resolution_from:
-                update_filter(it + 1)
+            if changed or it % sched.filter_3d_every == 0:
+                update_filter()
 
             # -- reporting ------------------------------------------------------------------------
             now = time.monotonic()

@@ -1,6 +1,6 @@
 """A synthetic scene with exact ground truth: the project's bundled sample and test fixture.
 
-An analytic scene (textured sphere, box and floor disk under a grey sky) is ray-traced with numpy from
+An analytic scene (textured sphere, box and floor disk against a black background) is ray-traced with numpy from
 cameras on two rings. Textures are multi-octave value noise, so the images have the detail that feature
 matching (SfM) and photometric training need; shading is Lambertian, so colours are view-independent.
 Writes a NeRF-style `transforms.json` (OpenGL axes) + `images/*.png`, and the ground-truth surface as
@@ -17,7 +17,7 @@ from PIL import Image
 from milo_backend.atomic import atomic_path, write_json
 from milo_backend.data.camera import Camera, look_at
 
-SKY = np.array([0.80, 0.84, 0.90])
+SKY = np.zeros(3)  # black: matches the default training background (a sky is not reconstructible)
 LIGHT = np.array([0.4, -0.5, 0.77]) / np.linalg.norm([0.4, -0.5, 0.77])
 
 

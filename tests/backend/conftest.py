@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic scene (generated once per session) and a CLI runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from milo_backend.data.synthetic import make_synthetic_scene
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    """16 views of 48x48 pixels with a test split (every 8th view), transforms.json + images/."""
+    return make_synthetic_scene(tmp_path_factory.mktemp("scene") / "tiny scène", n_views=16, size=48)
+
+
+class Cli:
+    """Fixture helpers: `cli.run(...)` and `cli.parse(...)`."""
+
+    @staticmethod
+    def parse(stdout: str) -> list[dict]:
+        return parse_events(stdout)
+
+    @staticmethod
+    def run(*args, **kwargs):
+        return run_cli(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Cli:
+    return Cli()
+
+
+def parse_events(stdout: str) -> list[dict]:
+    """Every stdout line of a --json run must be one JSON object with an "event"."""
+    events = []
+    for line in stdout.splitlines():
+        obj = json.loads(line)
+        assert "event" in obj and obj["v"] == 1, line
+        events.append(obj)
+    return events
+
+
+def run_cli(*args, timeout: float = 600, check_json: bool = True) -> tuple[int, list[dict], str]:
+    """Run `python -m milo_backend ARGS --json`; returns (exit code, events, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "milo_backend", *map(str, args), "--json"],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc.returncode, parse_events(proc.stdout) if check_json else [], proc.stderr

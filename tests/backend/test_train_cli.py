@@ -1,0 +1,181 @@
+"""The train / eval / render / doctor commands as a user (and the Blender extension) runs them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from milo_backend.config import Schedule, TrainConfig
+from milo_backend.errors import MiloError
+from milo_backend.events import NullReporter
+from milo_backend.gaussians.splat_ply import read_splat_ply
+
+
+ITER = 60  # the whole schedule (low-res, densify, re-init, simplify, SH, depth-normal) in 60 steps
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_scene, tmp_path_factory, cli) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("runs") / "sortie ünïcode"
+    code, events, err = cli.run("train", tiny_scene, out, "--iterations", ITER, "--device", "cpu",
+                                "--max-size", 48, "--preview-every", 30)
+    assert code == 0, err + json.dumps(events[-3:])
+    return out, events
+
+
+def test_train_writes_every_output(trained):
+    out, events = trained
+    kinds = {e["kind"] for e in events if e["event"] == "artifact"}
+    assert {"cameras", "preview", "checkpoint", "gaussians", "loss_curve"} <= kinds
+    done = events[-1]
+    assert done["event"] == "done" and Path(done["outputs"]["gaussians"]) == (out / "gaussians.ply").resolve()
+    splats = read_splat_ply(out / "gaussians.ply")  # standard 3DGS PLY that other tools load
+    assert splats["sh"].shape[1] == 16 and len(splats["means"]) > 100
+    assert np.isfinite(splats["means"]).all()
+    cams = json.loads((out / "cameras.json").read_text())["cameras"]
+    assert len(cams) == 16 and sum(c["split"] == "test" for c in cams) == 2
+    assert (out / "previews" / "loss.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "previews").glob("train_*.png")) == ["train_000030.png", "train_000060.png"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e for e in log if e["event"] != "log"] == [e for e in events if e["event"] != "log"]
+
+
+def test_progress_events_carry_step_eta_loss_psnr(trained):
+    _, events = trained
+    prog = [e for e in events if e["event"] == "progress" and e["stage"] == "train"]
+    assert prog[-1]["step"] == ITER and prog[-1]["total"] == ITER
+    assert all({"loss", "psnr", "eta_s"} <= set(e) for e in prog)
+    assert any(e["eta_s"] is not None for e in prog)
+    steps = [e["step"] for e in prog]
+    assert steps == sorted(steps)
+
+
+def test_training_learns_the_scene(trained):
+    """Training must actually fit the photos: PSNR on training views rises well above the start."""
+    _, events = trained
+    prog = [e for e in events if e["event"] == "progress" and e["stage"] == "train"]
+    first = np.mean([e["psnr"] for e in prog[:3]])
+    last = np.mean([e["psnr"] for e in prog[-3:]])
+    assert last > first + 4, (first, last)
+
+
+def test_eval_and_render_commands(trained, tmp_path, cli):
+    out, _ = trained
+    code, events, err = cli.run("eval", out, "--device", "cpu")
+    assert code == 0, err
+    metrics = events[-1]["outputs"]
+    assert metrics["views"] == 2 and 12 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
+    assert json.loads((out / "eval.json").read_text())["psnr"] == pytest.approx(metrics["psnr"])
+
+    code, events, err = cli.run("render", out / "gaussians.ply", "--cameras", out / "cameras.json",
+                                "--out", tmp_path / "rendus", "--device", "cpu")
+    assert code == 0, err
+    pngs = sorted((tmp_path / "rendus").glob("*.png"))
+    assert len(pngs) == 16 and events[-1]["outputs"]["count"] == 16
+
+
+def test_existing_run_is_never_overwritten(trained, cli):
+    out, _ = trained
+    before = (out / "gaussians.ply").stat().st_mtime_ns
+    code, events, _ = cli.run("train", out, out, "--iterations", 5)
+    err = events[-1]
+    assert code == 2 and err["event"] == "error" and "--resume" in err["hint"]
+    assert (out / "gaussians.ply").stat().st_mtime_ns == before
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cli):
+    out = tmp_path / "run with spaces"
+    proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
+                             "--iterations", "120", "--device", "cpu", "--json"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:  # wait until training is really running
+        lines.append(line)
+        if '"stage": "train", "step": 3' in line:
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10
+    events = cli.parse("".join(lines) + rest)
+    assert proc.returncode == 130 and events[-1]["event"] == "cancelled"
+    assert Path(events[-1]["checkpoint"]).exists()
+    stopped_at = max(e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train")
+
+    code, events, err = cli.run("train", tiny_scene, out, "--iterations", 120, "--device", "cpu", "--resume")
+    assert code == 0, err
+    steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train"]
+    assert steps[0] >= stopped_at and steps[-1] == 120
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_scene, tmp_path, monkeypatch):
+    from milo_backend import losses, train as train_mod
+
+    real = losses.photometric_loss
+    calls = {"n": 0}
+
+    def diverging(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 25 else value
+
+    monkeypatch.setattr(train_mod.losses, "photometric_loss", diverging)
+    cfg = TrainConfig(iterations=40, device="cpu", checkpoint_every=10, preview_every=100)
+    with pytest.raises(MiloError) as exc:
+        train_mod.train(tiny_scene, tmp_path / "run", cfg, NullReporter())
+    assert "iteration 26" in exc.value.message and "latest.pt" in exc.value.hint
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ckpt["run"]["iteration"] == 20
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["params"].values())
+
+
+def test_gpu_out_of_memory_names_a_smaller_preset(tiny_scene, tmp_path, monkeypatch):
+    from milo_backend import train as train_mod
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train_mod, "render", oom)
+    with pytest.raises(MiloError) as exc:
+        train_mod.train(tiny_scene, tmp_path / "run", TrainConfig(iterations=10, device="cpu", preset="default"),
+                        NullReporter())
+    assert "out of memory" in exc.value.message and "--preset lowres" in exc.value.hint
+
+
+def test_bad_options_are_user_errors(tiny_scene, tmp_path, cli):
+    code, events, _ = cli.run("train", tmp_path / "missing folder", tmp_path / "out", "--iterations", 5)
+    assert code == 2 and events[-1]["event"] == "error" and "missing folder" in events[-1]["message"]
+    if not torch.cuda.is_available():
+        code, events, _ = cli.run("train", tiny_scene, tmp_path / "out2", "--device", "cuda")
+        assert code == 2 and "CUDA" in events[-1]["message"]
+
+
+def test_doctor_reports_the_environment(cli):
+    code, events, err = cli.run("doctor")
+    assert code == 0, err
+    report = events[-1]["outputs"]
+    assert report["torch"] == torch.__version__ and report["cuda_available"] == torch.cuda.is_available()
+    assert report["gsplat"]["import"] is True and report["device"] in ("cpu", "cuda")
+
+
+def test_schedule_scales_with_iterations():
+    """A short run follows the same sequence of phases as the published 18k schedule."""
+    def phases(s: Schedule):
+        return [s.densify_from, s.depth_reinit_at, s.densify_until, s.simplify_at, s.simplify2_at, s.mesh_from,
+                s.sdf_reset_until, s.iterations]
+
+    full, short = Schedule(18_000), Schedule(2_000)
+    assert phases(full) == [500, 2000, 3000, 3000, 8000, 8001, 13000, 18000]
+    assert phases(short) == sorted(phases(short))
+    assert short.simplify_at / short.iterations == pytest.approx(full.simplify_at / full.iterations, abs=1e-3)
+    assert [full.sh_degree(i) for i in (0, 2999, 3000, 4000, 5000, 17000)] == [0, 0, 1, 2, 3, 3]
+    assert short.sh_degree(short.full_resolution_from) == 1 and short.sh_degree(2000) == 3
+    assert short.densify_every >= 10  # never densify from a single view's gradients
