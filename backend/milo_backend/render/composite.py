@@ -35,7 +35,7 @@ from milo_backend.render.tiles import TileLists
 ALPHA_MAX = 0.999          # gsplat 1.5.3's clamp (the original 3DGS kernel uses 0.99)
 TRANSMITTANCE_MIN = 1e-4   # a pixel is done once T would reach this
 MEDIAN_TRANSMITTANCE = 0.5
-PAIR_BUDGET = 1 << 18      # candidate (pixel, Gaussian) pairs per CPU chunk: ~25 MB of temporaries
+PAIR_BUDGET = 1 << 20      # candidate (pixel, Gaussian) pairs per CPU chunk: ~100 MB of temporaries
 CUDA_PAIR_BUDGET = 1 << 23  # on a GPU fewer, larger chunks (each costs kernel launches and a sync)
 MAX_CHUNK_PIXELS = 1 << 15  # CPU chunks: pixel keys fit int16, the fastest stable sort keys there
 STORE_BUDGET = 1 << 30     # bytes of per-pair data kept for the backward before recomputing instead
