@@ -8,6 +8,7 @@ not see torch's allocations; Linux /proc high-water mark); CUDA memory is `torch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -108,6 +109,7 @@ def bench_render(device: str = "cpu") -> str:
     from milo_backend.bench import markdown_table, section_header
     torch.set_num_threads(2)
     rows = []
+    load_before = os.getloadavg()[0]
     if device == "cpu":
         for size, n in CPU_CASES:
             splats, camera = random_scene(n, size, size)
@@ -136,7 +138,9 @@ def bench_render(device: str = "cpu") -> str:
     md += ("Random anisotropic Gaussians (3-sigma radius 1.5-5 px at the scene centre, opacity 0.05-0.95, "
            "SH degree 3); one view; loss touches colour, alpha, both depths and normals; best of 10"
            + (". Wall-clock seconds with 2 threads (on a CPU shared with other jobs they vary several-fold "
-              "between runs) and, steadier, the CPU seconds of the same work on 1 thread" if device == "cpu" else "")
+              "between runs; 1-min load average before / after: "
+              f"{load_before:.1f} / {os.getloadavg()[0]:.1f}) and, steadier, the CPU seconds of the same "
+              "work on 1 thread" if device == "cpu" else "")
            + ".\n\n")
     return md + markdown_table(rows)
 
