@@ -98,6 +98,9 @@ def leaves(splats: Splats) -> Splats:
 def test_matches_brute_force_reference(sh_degree):
     # 40x24: several tiles, a partial tile column and row; radii up to 12 px cross tile borders
     splats, camera = small_scene()
+    if sh_degree == 3:  # and a camera with fx != fy and an off-centre principal point
+        camera = Camera("c", 40, 24, fx=37.0, fy=45.0, cx=15.3, cy=14.1,
+                        world_to_cam=look_at([0.5, -4.0, 0.3], [0.2, 0.0, 0.1]))
     bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
     out = render(splats, camera, sh_degree=sh_degree, background=bg, backend="torch", with_stats=True)
     ref = reference_render(splats, camera, sh_degree, background=bg.numpy())
