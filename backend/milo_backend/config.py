@@ -108,7 +108,7 @@ class TrainConfig:
     lambda_depth_normal: float = 0.05
     preview_every: int = 0               # 0: 10 previews over the run
     checkpoint_every: int = 0            # 0: 10 checkpoints over the run
-    init_points: int = 100_000           # random/triangulated initialisation budget
+    init_points: int = 20_000            # random initialisation (no SfM points); densification grows it
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -93,7 +93,10 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
         reporter.log(f"initialising {len(pts)} Gaussians from the sparse point cloud")
     else:
         rng = np.random.default_rng(cfg.seed)
-        pts = torch.as_tensor(random_points_in_view(dataset.train_cameras, cfg.init_points, rng), dtype=torch.float32)
+        # seen by half of the cameras: the region they all look at, not floaters just in front of one
+        cams = dataset.train_cameras
+        pts = torch.as_tensor(random_points_in_view(cams, cfg.init_points, rng, min_views=max(2, len(cams) // 2)),
+                              dtype=torch.float32)
         cols = torch.full_like(pts, 0.5)
         reporter.warning("no sparse points: initialising Gaussians at random inside the cameras' view",
                          hint="a COLMAP model or photos (SfM) give a better start")

@@ -19,14 +19,14 @@ from milo_backend.events import NullReporter
 from milo_backend.gaussians.splat_ply import read_splat_ply
 
 
-ITER = 60  # the whole schedule (low-res, densify, re-init, simplify, SH, depth-normal) in 60 steps
+ITER = 300  # the whole schedule (low-res, densify, re-init, simplify, SH, depth-normal)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_scene, tmp_path_factory, cli) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("runs") / "sortie ünïcode"
     code, events, err = cli.run("train", tiny_scene, out, "--iterations", ITER, "--device", "cpu",
-                                "--max-size", 48, "--preview-every", 30)
+                                "--max-size", 48, "--preview-every", 150)
     assert code == 0, err + json.dumps(events[-3:])
     return out, events
 
@@ -43,7 +43,7 @@ def test_train_writes_every_output(trained):
     cams = json.loads((out / "cameras.json").read_text())["cameras"]
     assert len(cams) == 16 and sum(c["split"] == "test" for c in cams) == 2
     assert (out / "previews" / "loss.png").stat().st_size > 1000
-    assert sorted(p.name for p in (out / "previews").glob("train_*.png")) == ["train_000030.png", "train_000060.png"]
+    assert sorted(p.name for p in (out / "previews").glob("train_*.png")) == ["train_000150.png", "train_000300.png"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e for e in log if e["event"] != "log"] == [e for e in events if e["event"] != "log"]
 
@@ -59,12 +59,20 @@ def test_progress_events_carry_step_eta_loss_psnr(trained):
 
 
 def test_training_learns_the_scene(trained):
-    """Training must actually fit the photos: PSNR on training views rises well above the start."""
-    _, events = trained
-    prog = [e for e in events if e["event"] == "progress" and e["stage"] == "train"]
-    first = np.mean([e["psnr"] for e in prog[:3]])
-    last = np.mean([e["psnr"] for e in prog[-3:]])
-    assert last > first + 4, (first, last)
+    """The exported Gaussians reproduce the training photos far better than the first iterations did."""
+    from milo_backend.data.images import ImageCache
+    from milo_backend.evaluate import load_splats, read_cameras
+    from milo_backend.losses import psnr
+    from milo_backend.render import render
+
+    out, events = trained
+    first = np.mean([e["psnr"] for e in events if e["event"] == "progress" and e["stage"] == "train"][:3])
+    splats, degree = load_splats(out, torch.device("cpu"))
+    images = ImageCache()
+    with torch.no_grad():
+        final = np.mean([float(psnr(render(splats, c, sh_degree=degree).color.clamp(0, 1), images.get(c)[0]))
+                         for c in read_cameras(out / "cameras.json") if c.split == "train"])
+    assert final > first + 5, (first, final)
 
 
 def test_eval_and_render_commands(trained, tmp_path, cli):
@@ -72,7 +80,8 @@ def test_eval_and_render_commands(trained, tmp_path, cli):
     code, events, err = cli.run("eval", out, "--device", "cpu")
     assert code == 0, err
     metrics = events[-1]["outputs"]
-    assert metrics["views"] == 2 and 12 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
+    assert metrics["views"] == 2 and 5 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
+    assert [v["name"] for v in metrics["per_view"]] == ["images/0008.png", "images/0016.png"]
     assert json.loads((out / "eval.json").read_text())["psnr"] == pytest.approx(metrics["psnr"])
 
     code, events, err = cli.run("render", out / "gaussians.ply", "--cameras", out / "cameras.json",
