@@ -6,8 +6,8 @@ Registration lives in the Blender-facing modules; nothing here imports bpy at mo
 
 
 def _modules():
-    from . import operators, preferences, properties, ui
-    return (properties, preferences, operators, ui)
+    from . import follow, operators, preferences, properties, ui
+    return (properties, preferences, operators, ui, follow)
 
 
 def _stop_jobs_on_load(*_args) -> None:

@@ -1,8 +1,8 @@
-"""Settings of a reconstruction (saved with the .blend, per scene) and the live status of jobs (window
-manager: never saved)."""
+"""Settings of a reconstruction (saved with the .blend, per scene), the binding of splats to a mesh (per Gaussian
+object, saved) and the live status of jobs (window manager: never saved)."""
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from .core.backend import DEVICES, PRESETS
 from .core.display import QUALITY_ITERATIONS
@@ -34,6 +34,10 @@ class MILO_PG_settings(bpy.types.PropertyGroup):
                                  description="Also create Blender cameras at the photos' poses")
     flip_up: BoolProperty(name="Flip up axis", default=False,
                           description="Turn the result upside down on import (when the photos were not upright)")
+    bind_splats: BoolProperty(name="Bind splats to mesh", default=True,
+                              description="On import, bind the Gaussians to the mesh so that they follow it")
+    render_output: StringProperty(name="Render output", subtype="DIR_PATH",
+                                  description="Folder for the images of Render Splats (frame_0001.png, ...)")
 
     def iteration_budget(self) -> int:
         return self.iterations if self.quality == "CUSTOM" else QUALITY_ITERATIONS[self.quality]
@@ -51,20 +55,49 @@ class MILO_PG_job(bpy.types.PropertyGroup):
     output: StringProperty(subtype="DIR_PATH")
 
 
-CLASSES = (MILO_PG_settings, MILO_PG_job)
+def _is_mesh(_self, obj) -> bool:
+    return obj.type == "MESH"
+
+
+def _refollow(self, context) -> None:
+    """An option changed: show its effect at once (the handlers only react to mesh changes)."""
+    from . import splat_binding
+    obj = self.id_data
+    if self.follow and self.mesh is not None:
+        splat_binding.follow_mesh(obj, context.evaluated_depsgraph_get())
+
+
+class MILO_PG_binding(bpy.types.PropertyGroup):
+    """Per Gaussian object: the mesh its splats follow (the binding itself is stored on its mesh data)."""
+    mesh: PointerProperty(name="Bound mesh", type=bpy.types.Object, poll=_is_mesh,
+                          description="The mesh the splats follow (set by Bind)")
+    follow: BoolProperty(name="Follow mesh", default=True, update=_refollow,
+                         description="Move the splats with the mesh live (frame changes, edits, posing)")
+    scale_with_stretch: BoolProperty(name="Stretch with mesh", default=True, update=_refollow,
+                                     description="Scale each splat as its triangle stretches or shrinks")
+    status: StringProperty(name="Status", description="What happened to the binding (lost faces, broken)")
+    rebind_needed: BoolProperty(name="Rebind needed")
+    n_lost: IntProperty(name="Lost splats", min=0)
+
+
+CLASSES = (MILO_PG_settings, MILO_PG_job, MILO_PG_binding)
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.milo = bpy.props.PointerProperty(type=MILO_PG_settings)
+    bpy.types.Object.milo_binding = bpy.props.PointerProperty(type=MILO_PG_binding)
     bpy.types.WindowManager.milo_job = bpy.props.PointerProperty(type=MILO_PG_job)
     bpy.types.WindowManager.milo_backend_job = bpy.props.PointerProperty(type=MILO_PG_job)
+    bpy.types.WindowManager.milo_render_job = bpy.props.PointerProperty(type=MILO_PG_job)
 
 
 def unregister() -> None:
+    del bpy.types.WindowManager.milo_render_job
     del bpy.types.WindowManager.milo_backend_job
     del bpy.types.WindowManager.milo_job
     del bpy.types.Scene.milo
+    del bpy.types.Object.milo_binding
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

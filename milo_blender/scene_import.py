@@ -1,6 +1,7 @@
 """Building Blender objects from a reconstruction: the mesh with its vertex colours, the Gaussians as
 a point object with the 3DGS attributes, and the cameras, all in one collection under one root empty
-whose rotation puts the scene's up on +Z (flipping it later rotates only that empty).
+whose rotation puts the scene's up on +Z (flipping it later rotates only that empty). With both a mesh and
+Gaussians, the Gaussians are bound to the mesh so that they follow it (splat_binding).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from .core.mesh_ply import MeshData, read_mesh_ply
 from .core.orient import FLIP, up_rotation
 from .core.runs import RunFolder
 from .core.splat_attributes import base_colors, splat_attributes
+from .splat_binding import bind_gaussians
+from .splat_display import display_modifier
 
 ROOT_KEY = "milo_source"      # custom property marking a root empty (value: what was imported)
 COLOR_ATTRIBUTE = "Color"
@@ -83,60 +86,9 @@ def gaussians_object(name: str, splats: dict[str, np.ndarray]) -> bpy.types.Obje
     me.color_attributes.active_color = color
     obj = bpy.data.objects.new(name, me)
     obj["milo_gaussians"] = True
-    # vertices alone are invisible outside Edit Mode: show each splat as a coloured point of its size
-    obj.modifiers.new("MILo splat points", "NODES").node_group = splat_points_node_group()
+    # vertices alone are invisible outside Edit Mode: show each splat as an ellipsoid (or a point)
+    display_modifier(obj)
     return obj
-
-
-def splat_points_node_group() -> bpy.types.NodeTree:
-    """Geometry nodes: one point per Gaussian, radius exp(largest log scale), coloured by `Color`."""
-    group = bpy.data.node_groups.get("MILo splat points")
-    if group is not None:
-        return group
-    group = bpy.data.node_groups.new("MILo splat points", "GeometryNodeTree")
-    group.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    group.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-    nodes, links = group.nodes, group.links
-    inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
-    scales = []
-    for i in range(3):
-        attr = nodes.new("GeometryNodeInputNamedAttribute")
-        attr.data_type = "FLOAT"
-        attr.inputs["Name"].default_value = f"scale_{i}"
-        scales.append(attr.outputs["Attribute"])
-    largest = scales[0]
-    for other in scales[1:]:
-        m = nodes.new("ShaderNodeMath")
-        m.operation = "MAXIMUM"
-        links.new(largest, m.inputs[0])
-        links.new(other, m.inputs[1])
-        largest = m.outputs[0]
-    radius = nodes.new("ShaderNodeMath")
-    radius.operation = "EXPONENT"
-    links.new(largest, radius.inputs[0])
-    to_points = nodes.new("GeometryNodeMeshToPoints")
-    links.new(inp.outputs[0], to_points.inputs["Mesh"])
-    links.new(radius.outputs[0], to_points.inputs["Radius"])
-    material = nodes.new("GeometryNodeSetMaterial")
-    material.inputs["Material"].default_value = splat_color_material()
-    links.new(to_points.outputs["Points"], material.inputs["Geometry"])
-    links.new(material.outputs["Geometry"], out.inputs[0])
-    return group
-
-
-def splat_color_material() -> bpy.types.Material:
-    mat = bpy.data.materials.get("MILo splat colours")
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new("MILo splat colours")
-    if bpy.app.version < (5, 0, 0):
-        mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
-    attr = nodes.new("ShaderNodeAttribute")
-    attr.attribute_name = COLOR_ATTRIBUTE
-    links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
-    return mat
 
 
 def camera_objects(cameras, collection, root, extent: float | None, set_resolution: bool, scene) -> list:
@@ -182,8 +134,9 @@ def _read_single_ply(path: Path) -> tuple[dict | None, MeshData | None]:
 
 
 def import_result(context, source: str | Path, import_cameras: bool = True, flip_up: bool = False,
-                  set_resolution: bool = True) -> bpy.types.Object:
-    """Import a run folder (gaussians.ply, mesh.ply, cameras.json) or one .ply; returns the root empty."""
+                  set_resolution: bool = True, bind: bool = True) -> bpy.types.Object:
+    """Import a run folder (gaussians.ply, mesh.ply, cameras.json) or one .ply; returns the root empty. `bind`:
+    bind the Gaussians to the mesh when both are there."""
     source = Path(source)
     splats = mesh = cameras = None
     extent = None
@@ -214,17 +167,25 @@ def import_result(context, source: str | Path, import_cameras: bool = True, flip
     root["milo_flipped"] = bool(flip_up)
     collection.objects.link(root)
     root.matrix_basis = _matrix(up_rotation(w2c, flip=flip_up))
+    mesh_obj = gauss_obj = None
     if mesh is not None:
-        _link(mesh_object(f"{name} mesh", mesh), collection, root)
+        mesh_obj = mesh_object(f"{name} mesh", mesh)
+        _link(mesh_obj, collection, root)
         if mesh.colors is not None:
             show_vertex_colors_in_solid_mode(context)
     if splats is not None:
-        _link(gaussians_object(f"{name} Gaussians", splats), collection, root)
+        gauss_obj = gaussians_object(f"{name} Gaussians", splats)
+        _link(gauss_obj, collection, root)
     if cameras and import_cameras:
         cam_collection = bpy.data.collections.new(f"MILo {name} cameras")
         collection.children.link(cam_collection)
         camera_objects(cameras, cam_collection, root, extent, set_resolution, scene)
     context.view_layer.update()
+    if bind and mesh_obj is not None and gauss_obj is not None and len(mesh.face_sizes):
+        try:
+            bind_gaussians(context, gauss_obj, mesh_obj)
+        except MiloError as exc:  # the import itself succeeded: say why the splats do not follow the mesh
+            gauss_obj.milo_binding.status = f"Not bound: {exc.message}"
     return root
 
 

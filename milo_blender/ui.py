@@ -6,6 +6,7 @@ from pathlib import Path
 import bpy
 import bpy.utils.previews
 
+from . import follow, splat_binding, splat_display
 from .core import job as jobs
 from .core.runs import RunFolder
 from .operators.reconstruct import settings_paths
@@ -76,6 +77,7 @@ class MILO_PT_reconstruct(bpy.types.Panel):
         col.prop(settings, "device")
         col.prop(settings, "max_size")
         col.prop(settings, "import_cameras")
+        col.prop(settings, "bind_splats")
 
         running = jobs.running("reconstruct") is not None
         _, output = settings_paths(settings)
@@ -110,7 +112,58 @@ class MILO_PT_result(bpy.types.Panel):
         layout.operator("milo.flip_up_axis", icon="FILE_REFRESH")
 
 
-CLASSES = (MILO_PT_reconstruct, MILO_PT_result)
+class MILO_PT_splats(bpy.types.Panel):
+    """The active Gaussian object: its binding to a mesh, its display, export and rendering."""
+    bl_label = "Splats"
+    bl_idname = "MILO_PT_splats"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "MILo"
+
+    def draw(self, context):
+        layout = self.layout
+        obj = context.active_object
+        if not splat_binding.is_gaussian_object(obj):
+            layout.label(text="Select a Gaussian splat object", icon="INFO")
+            return
+        props = obj.milo_binding
+        box = layout.box()
+        if splat_binding.is_bound(obj):
+            box.label(text=f"Follows '{props.mesh.name}'" if props.mesh else "Its mesh was deleted", icon="LINKED")
+            row = box.row()
+            row.prop(props, "follow")
+            row.prop(props, "scale_with_stretch")
+            if props.status:
+                box.label(text=props.status, icon="ERROR" if props.rebind_needed else "INFO")
+            row = box.row()
+            if props.n_lost and not props.rebind_needed:
+                row.operator("milo.remove_lost_splats", icon="TRASH")
+            row.operator("milo.bind", text="Rebind", icon="FILE_REFRESH")
+            row.operator("milo.unbind", icon="UNLINKED")
+            if props.follow and follow.last_update_s:
+                box.label(text=f"Last update {1000 * follow.last_update_s:.0f} ms")
+        else:
+            if props.status:
+                box.label(text=props.status, icon="ERROR")
+            box.label(text="Select the mesh too (Ctrl+click), then:")
+            box.operator("milo.bind", icon="LINKED")
+        mod = obj.modifiers.get(splat_display.MODIFIER)
+        if mod is not None and mod.node_group is not None and mod.node_group.name == splat_display.GROUP:
+            col = layout.column(align=True)
+            for name in splat_display.INPUTS:
+                col.prop(mod, f'["{splat_display.input_identifier(mod, name)}"]', text=name)
+        col = layout.column(align=True)
+        col.operator("milo.export_gaussians", text="Export Current Frame", icon="EXPORT").frames = "CURRENT"
+        col.operator("milo.export_gaussians", text="Export Frame Range", icon="SEQUENCE").frames = "RANGE"
+        layout.prop(context.scene.milo, "render_output")
+        running = jobs.running("render") is not None
+        row = layout.row()
+        row.enabled = not running
+        row.operator("milo.render_splats", icon="RENDER_ANIMATION")
+        draw_job_status(layout, context.window_manager.milo_render_job, cancel_kinds=("render",))
+
+
+CLASSES = (MILO_PT_reconstruct, MILO_PT_result, MILO_PT_splats)
 
 
 def register() -> None:

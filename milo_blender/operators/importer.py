@@ -28,6 +28,8 @@ class MILO_OT_import_result(bpy.types.Operator, ImportHelper):
     whole_run: bpy.props.BoolProperty(name="Whole run", default=True,
                                       description="When a MILo gaussians.ply or mesh.ply is chosen, import its "
                                                   "whole output folder (mesh, Gaussians and cameras)")
+    bind_splats: bpy.props.BoolProperty(name="Bind splats to mesh", default=True,
+                                        description="Bind the Gaussians to the mesh so that they follow it")
 
     def invoke(self, context, event):
         if self.directory and not self.filepath:
@@ -48,7 +50,7 @@ class MILO_OT_import_result(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         try:
             root = import_result(context, self.source(context), import_cameras=self.import_cameras,
-                                 flip_up=self.flip_up)
+                                 flip_up=self.flip_up, bind=self.bind_splats)
         except MiloError as exc:
             self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
             return {"CANCELLED"}

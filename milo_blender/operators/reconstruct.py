@@ -49,5 +49,6 @@ class MILO_OT_reconstruct(JobOperator, bpy.types.Operator):
             return
         settings = context.scene.milo
         _, output = settings_paths(settings)
-        root = import_result(context, output, import_cameras=settings.import_cameras, flip_up=settings.flip_up)
+        root = import_result(context, output, import_cameras=settings.import_cameras, flip_up=settings.flip_up,
+                             bind=settings.bind_splats)
         self.report({"INFO"}, f"Reconstruction finished and imported as '{root.users_collection[0].name}'")
