@@ -132,6 +132,9 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     cams = dataset.train_cameras
     sched = cfg.schedule
     extent = camera_extent(cams)
+    # Decision: no more Gaussians than a quarter of the observed pixels (the preset's cap otherwise);
+    # beyond that the photos cannot constrain them, and small CPU runs would densify without bound.
+    max_gaussians = min(cfg.budgets["max_gaussians"], sum(c.width * c.height for c in cams) // 4)
     images = ImageCache()
     background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
     state = RunState()
@@ -226,16 +229,16 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             if sched.is_densify_step(it):
                 densify.densify_and_prune(model, stats, extent, grad_threshold=cfg.densify_grad_threshold,
                                           prune_opacity=cfg.prune_opacity,
-                                          max_gaussians=cfg.budgets["max_gaussians"])
+                                          max_gaussians=max_gaussians)
                 changed = True
             if sched.is_aggressive_clone_step(it):
                 w = gather_weight_stats(render_stats, train_cameras(it), len(model))
                 densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated,
-                                         max_gaussians=cfg.budgets["max_gaussians"])
+                                         max_gaussians=max_gaussians)
                 changed = True
             if it == sched.depth_reinit_at:
                 densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
-                                     render_stats, n_points=min(len(model), cfg.budgets["max_gaussians"]))
+                                     render_stats, n_points=min(len(model), max_gaussians))
                 make_optimizers(model, extent)
                 changed = True
             if it == sched.simplify_at:

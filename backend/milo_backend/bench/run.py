@@ -1,6 +1,7 @@
 """`milo-backend bench SECTION...`: run the named benchmarks and update their sections of BENCHMARKS.md."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from milo_backend.bench import write_section
@@ -8,28 +9,37 @@ from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 
 FOX = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "fox"
+SECTIONS = ("train", "render", "mesh", "gaussians", "sfm")
 
 
 def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", fox: Path | None = None) -> None:
     dev = select_device(device).type
-    fox = fox or FOX
+    fox = Path(fox or FOX)
+    unknown = [w for w in what if w not in SECTIONS]
+    if unknown:
+        raise MiloError(f"unknown benchmark {', '.join(unknown)}", hint=f"choose from: {' '.join(SECTIONS)}")
     for name in what:
         reporter.stage(f"bench:{name}", f"Benchmark: {name}")
+        section = name
         if name == "train":
             from milo_backend.bench.train import bench_train
             md = bench_train(dev)
         elif name == "render":
             from milo_backend.bench.render import bench_render
             md = bench_render(dev)
+            section = "render" if dev == "cpu" else "render-cuda"
         elif name == "mesh":
             from milo_backend.bench.mesh import bench_mesh
             md = bench_mesh(dev)
-        elif name == "sfm":
+        elif name == "gaussians":
+            from milo_backend.bench.gaussians import bench_gaussians
+            md = bench_gaussians(dev)
+            section = f"gaussians-{dev}"
+        else:  # sfm
             from milo_backend.bench.sfm import bench_sfm
             if not (fox / "images").is_dir():
                 raise MiloError(f"the fox photos are not at {fox}", hint="pass --fox PATH/TO/fox")
-            md = bench_sfm(fox, out.parent / "runs" / "bench_sfm")
-        else:
-            raise MiloError(f"unknown benchmark {name!r}", hint="choose from: train render mesh sfm")
-        write_section(name, md, out)
+            with tempfile.TemporaryDirectory() as work:
+                md = bench_sfm(fox, work, benchmarks=out)
+        write_section(section, md, out)
         reporter.artifact("benchmark", out)
