@@ -108,6 +108,11 @@ class TrainConfig:
     lambda_depth_normal: float = 0.05
     preview_every: int = 0               # 0: 10 previews over the run
     checkpoint_every: int = 0            # 0: 10 checkpoints over the run
+    mesh: bool = True                    # mesh in the loop (False: Gaussians only, the ablation's baseline)
+    extract_mesh: bool = True            # final mesh at the end of training (extract.py)
+    remove_unseen: bool = False          # drop final-mesh vertices that no camera sees
+    decoupled_appearance: bool = False   # per-image appearance network in the L1 term (appearance.py)
+    depth_prior: str | None = None       # TorchScript monocular depth network (depth_prior.py)
     init_points: int = 20_000            # random initialisation (no SfM points); densification grows it
     extra: dict = field(default_factory=dict)
 

@@ -1,0 +1,292 @@
+"""The final mesh (method section 8): SDF-only refinement with the Gaussians frozen, marching
+tetrahedra + edge filter, vertex colours from the photos, optional removal of unseen vertices.
+
+Outputs of `write_mesh_outputs`: `OUT/mesh.ply` (binary PLY, uchar vertex colours, faces
+counter-clockwise seen from outside), `OUT/mesh_stats.json` (vertices, faces, boundary edges,
+non-manifold edges, connected components) and `OUT/previews/mesh_*.png` (photo | shaded mesh |
+vertex colours, from a few training views).
+
+`extract_run(OUT)` does it all for a finished run folder (the `extract` command); training calls
+`extract_mesh` + `write_mesh_outputs` directly with its in-memory state.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from milo_backend.atomic import write_json
+from milo_backend.config import PRESETS, Schedule
+from milo_backend.data.camera import Camera, camera_extent
+from milo_backend.errors import MiloError
+from milo_backend.events import NullReporter, Reporter
+from milo_backend.gaussians.model import GaussianModel
+from milo_backend.mesh import cull_to_frustum, rasterize_mesh
+from milo_backend.mesh_io import write_mesh_ply
+from milo_backend.mesh_phase import MeshPhase, project_points, surface_along_rays
+from milo_backend.previews import save_panel, to_uint8
+from milo_backend.render import render
+
+# Section 8 at the base schedule (18k iterations): 1000 SDF-only steps, labels every 100; scaled
+# with --iterations like every other interval (`Schedule.every`).
+REFINE_ITERATIONS = 1000
+REFINE_LABELS_EVERY = 100
+LOOSE_TAU = 10.0  # x tau: the second colouring pass (vertices no view saw within tau)
+UNSEEN_GREY = 0.5
+
+
+class ColouredMesh(NamedTuple):
+    verts: np.ndarray   # (V,3) float32 world
+    faces: np.ndarray   # (F,3) int64, counter-clockwise seen from outside
+    colors: np.ndarray  # (V,3) uint8
+
+
+# -- refinement and extraction ----------------------------------------------------------------------
+def extract_mesh(phase: MeshPhase, image_fn: Callable[[Camera], torch.Tensor], *, iterations: int,
+                 labels_every: int, remove_unseen: bool = False, seed: int = 0,
+                 reporter: Reporter | None = None) -> ColouredMesh:
+    """Refine the SDF of `phase` (started, or freshly started on a run trained without mesh) for
+    `iterations` steps with its Gaussians frozen, then extract and colour the mesh.
+
+    `image_fn(camera)` -> (H,W,3) photo in [0,1] at the camera's resolution.
+    """
+    reporter = reporter or NullReporter()
+    if phase.started_at is None:
+        reporter.warning("this run was trained without the mesh in the loop: the mesh is extracted post hoc "
+                         "from the Gaussians alone (usually coarser)",
+                         hint="train without --no-mesh for the method's mesh")
+        phase.start(0)
+    if phase.disabled:
+        raise MiloError(f"no mesh can be extracted: {phase.disabled}",
+                        hint="the Gaussians are too few or flat; train longer or on more overlapping photos")
+    reporter.stage("extract", "Extracting the final mesh")
+    phase.freeze_gaussians()
+    phase.triangulate()
+    depths = {}
+    with torch.no_grad():
+        for i, cam in enumerate(phase.cameras):
+            depths[cam.name] = phase.render_fn(cam, False).depth_median.detach()
+            reporter.progress("extract_depths", i + 1, len(phase.cameras))
+    rng = random.Random(seed)
+    order: list[int] = []
+    for it in range(1, iterations + 1):
+        if not order:
+            order = rng.sample(range(len(phase.cameras)), len(phase.cameras))
+        cam = phase.cameras[order.pop()]
+        loss, metrics = phase.loss(cam, depths[cam.name])
+        loss.backward()
+        phase.step_sdf()
+        if it % labels_every == 0 and it != iterations:
+            phase.update_labels()
+        reporter.progress("extract", it, iterations, loss=float(loss.detach()), faces=metrics["mesh_faces"])
+    with torch.no_grad():
+        m = phase.mesh()
+        verts, faces = m.verts.detach(), m.faces
+    if faces.shape[0] == 0:
+        reporter.warning("the extracted mesh is empty: every pivot is on the same side of the surface",
+                         hint="check that the cameras look at the object; training longer may help")
+        return ColouredMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
+    if remove_unseen:
+        keep = seen_by_any_camera(verts, phase.cameras)
+        verts, faces = keep_vertices(verts, faces, keep)
+        reporter.log(f"removed {int((~keep).sum())} vertices that no camera sees")
+    colors = vertex_colors(verts, faces, phase.cameras, image_fn, tau=phase.tau,
+                           backend=phase.raster_backend, reporter=reporter)
+    return ColouredMesh(verts.cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.int64),
+                        to_uint8(colors))
+
+
+@torch.no_grad()
+def vertex_colors(verts: torch.Tensor, faces: torch.Tensor, cameras: Sequence[Camera],
+                  image_fn: Callable[[Camera], torch.Tensor], tau: float, backend: str = "auto",
+                  reporter: Reporter | None = None) -> torch.Tensor:
+    """(V,3) colours in [0,1]: per view, a vertex is visible when the face seen at its pixel is one of
+    its own or lies within `tau` of it in depth; visible vertices average the photo (bilinear). A
+    second pass with a loose tolerance (`LOOSE_TAU` x tau) colours the rest; never-seen ones are grey."""
+    n = verts.shape[0]
+    sums = verts.new_zeros(2, n, 3)
+    counts = verts.new_zeros(2, n)
+    for i, cam in enumerate(cameras):
+        img = image_fn(cam).to(verts.device, verts.dtype)
+        seen, z, surface, face = surface_along_rays(verts, verts, faces, cam, backend)
+        own = (face == torch.arange(n, device=verts.device)[:, None]).any(dim=1)
+        rgb = _bilinear(img, project_points(verts, cam)[1])
+        for k, tol in enumerate((tau, LOOSE_TAU * tau)):
+            ok = seen & (face[:, 0] >= 0) & (own | ((z - surface).abs() <= tol))
+            sums[k] += rgb * ok[:, None]
+            counts[k] += ok
+        if reporter is not None:
+            reporter.progress("vertex_colors", i + 1, len(cameras))
+    strict = sums[0] / counts[0].clamp_min(1)[:, None]
+    loose = sums[1] / counts[1].clamp_min(1)[:, None]
+    grey = torch.full_like(strict, UNSEEN_GREY)
+    return torch.where(counts[0][:, None] > 0, strict, torch.where(counts[1][:, None] > 0, loose, grey))
+
+
+def _bilinear(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """(N,3) image values at pixel coordinates uv (pixel centres at +0.5), edges clamped."""
+    h, w = img.shape[:2]
+    grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], dim=1)[None, None]
+    out = torch.nn.functional.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear",
+                                          padding_mode="border", align_corners=False)
+    return out[0, :, 0].T
+
+
+@torch.no_grad()
+def seen_by_any_camera(verts: torch.Tensor, cameras: Sequence[Camera]) -> torch.Tensor:
+    """(V,) bool: the vertex projects inside the image of at least one camera (in front of it)."""
+    seen = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
+    for cam in cameras:
+        seen |= project_points(verts, cam)[2]
+    return seen
+
+
+def keep_vertices(verts: torch.Tensor, faces: torch.Tensor, keep: torch.Tensor):
+    """Drop the vertices not in `keep`, every face touching one, and vertices left without a face."""
+    faces = faces[keep[faces].all(dim=1)]
+    used = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
+    used[faces.reshape(-1)] = True
+    remap = torch.cumsum(used.long(), 0) - 1
+    return verts[used], remap[faces]
+
+
+# -- statistics and files ---------------------------------------------------------------------------
+def mesh_stats(n_verts: int, faces: np.ndarray) -> dict:
+    """Counts a user checks before editing a mesh: vertices, faces, boundary edges (used by one face),
+    non-manifold edges (three or more faces), connected components (of faces sharing vertices)."""
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    stats = {"vertices": int(n_verts), "faces": int(len(faces)), "boundary_edges": 0, "non_manifold_edges": 0,
+             "connected_components": 0}
+    if len(faces) == 0:
+        return stats
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, uses = np.unique(e[:, 0] * n_verts + e[:, 1], return_counts=True)
+    stats["boundary_edges"] = int((uses == 1).sum())
+    stats["non_manifold_edges"] = int((uses > 2).sum())
+    adj = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_verts, n_verts))
+    n_comp, label = connected_components(adj, directed=False)
+    stats["connected_components"] = int(len(np.unique(label[faces[:, 0]])))
+    return stats
+
+
+def write_mesh_outputs(out: Path, mesh: ColouredMesh, preview_cameras: Sequence[Camera],
+                       image_fn: Callable[[Camera], torch.Tensor], reporter: Reporter | None = None) -> dict:
+    """mesh.ply, mesh_stats.json and previews/mesh_*.png; returns {"mesh": path, "mesh_stats": path}."""
+    reporter = reporter or NullReporter()
+    out = Path(out)
+    ply = write_mesh_ply(out / "mesh.ply", mesh.verts, mesh.faces, mesh.colors)
+    reporter.artifact("mesh", ply)
+    stats = write_json(out / "mesh_stats.json", mesh_stats(len(mesh.verts), mesh.faces))
+    reporter.artifact("mesh_stats", stats)
+    for path in mesh_previews(out / "previews", mesh, preview_cameras, image_fn):
+        reporter.artifact("mesh_preview", path)
+    return {"mesh": str(ply.resolve()), "mesh_stats": str(stats.resolve())}
+
+
+def mesh_previews(folder: Path, mesh: ColouredMesh, cameras: Sequence[Camera],
+                  image_fn: Callable[[Camera], torch.Tensor], n: int = 3) -> list[Path]:
+    """photo | mesh shaded (headlight) | mesh with its vertex colours, for `n` spread-out views."""
+    if len(mesh.faces) == 0 or not cameras:
+        return []
+    verts = torch.from_numpy(mesh.verts)
+    faces = torch.from_numpy(mesh.faces)
+    face_rgb = torch.from_numpy(mesh.colors).float().div(255)[faces].mean(dim=1)
+    paths = []
+    for k in sorted({round(i * len(cameras) / n) for i in range(n)}):
+        cam = cameras[k]
+        with torch.no_grad():
+            r = rasterize_mesh(verts, cull_to_frustum(verts, faces, cam), cam, backend="torch")
+        covered = (r.face_ids >= 0)[..., None]
+        shade = (0.15 + 0.85 * (-r.normals[..., 2:3]).clamp_min(0)) * covered
+        coloured = face_rgb[r.face_ids.clamp_min(0)] * covered
+        tiles = [to_uint8(image_fn(cam)), to_uint8(shade.expand(-1, -1, 3)), to_uint8(coloured)]
+        paths.append(save_panel(folder / f"mesh_{Path(cam.name).stem}.png", tiles))
+    return paths
+
+
+def final_mesh(phase: MeshPhase, out: Path, image_fn: Callable[[Camera], torch.Tensor], schedule: Schedule, *,
+               remove_unseen: bool = False, seed: int = 0, reporter: Reporter | None = None) -> dict:
+    """The end of `train`: extract and write the mesh. A mesh that cannot be built is a warning
+    there (the Gaussians are already written); `extract OUT` reports it as an error."""
+    reporter = reporter or NullReporter()
+    try:
+        mesh = extract_mesh(phase, image_fn, iterations=schedule.every(REFINE_ITERATIONS),
+                            labels_every=schedule.every(REFINE_LABELS_EVERY), remove_unseen=remove_unseen,
+                            seed=seed, reporter=reporter)
+    except MiloError as exc:
+        reporter.warning(f"no mesh was written: {exc.message}", hint=exc.hint)
+        return {}
+    return write_mesh_outputs(out, mesh, phase.cameras, image_fn, reporter)
+
+
+# -- the `extract` command ----------------------------------------------------------------------------
+def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", iterations: int | None = None,
+                remove_unseen: bool = False, renderer: str = "auto") -> dict:
+    """Extract the final mesh of a finished training run folder; returns the output paths."""
+    from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
+    from milo_backend.data.images import ImageCache
+    from milo_backend.device import select_device
+    from milo_backend.evaluate import gaussians_path, read_cameras
+    from milo_backend.gaussians.ply import read_ply
+    from milo_backend.train import training_image
+
+    run = Path(run)
+    dev = select_device(device)
+    cfg = _run_config(run)
+    cameras = [c for c in read_cameras(run / "cameras.json") if c.split == "train"]
+    if len(cameras) < 2:
+        raise MiloError(f"{run / 'cameras.json'} has {len(cameras)} training view(s)",
+                        hint="extraction needs the training cameras of the run (at least 2)", path=run / "cameras.json")
+    state = None
+    if latest_checkpoint(run) is not None:
+        ckpt = load_checkpoint(run)
+        model = GaussianModel.from_state_dict(ckpt["model"], dev)
+        state = ckpt.get("mesh")
+    else:
+        model = read_ply(gaussians_path(run), dev)
+    sched = Schedule(int(cfg.get("iterations", 18_000)))
+    background = torch.full((3,), 1.0 if cfg.get("white_background") else 0.0, device=dev)
+    images = ImageCache()
+    phase = make_phase(model, cameras, dev, cfg, sched, reporter, renderer)
+    if state is not None and state.get("started_at") is not None:
+        phase.load_state_dict(state)
+    mesh = extract_mesh(phase, lambda c: training_image(images, c, background),
+                        iterations=sched.every(REFINE_ITERATIONS) if iterations is None else iterations,
+                        labels_every=sched.every(REFINE_LABELS_EVERY), remove_unseen=remove_unseen,
+                        seed=int(cfg.get("seed", 0)), reporter=reporter)
+    return write_mesh_outputs(run, mesh, cameras, lambda c: training_image(images, c, background), reporter)
+
+
+def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: dict, schedule: Schedule,
+               reporter: Reporter, renderer: str = "auto") -> MeshPhase:
+    """A MeshPhase over `model` rendering depth with the Gaussian renderer (colour is not needed)."""
+    background = torch.zeros(3, device=device)
+
+    def render_fn(cam: Camera, with_stats: bool):
+        with torch.no_grad():
+            return render(model.splats(), cam, sh_degree=0, background=background, backend=renderer,
+                          with_stats=with_stats)
+
+    preset = cfg.get("preset", "default")
+    return MeshPhase(model, cameras, render_fn, extent=camera_extent(list(cameras)),
+                     max_pivots=PRESETS.get(preset, PRESETS["default"])["max_pivots"], schedule=schedule,
+                     scene=cfg.get("scene", "outdoor"), reporter=reporter, seed=int(cfg.get("seed", 0)))
+
+
+def _run_config(run: Path) -> dict:
+    if not run.is_dir():
+        raise MiloError(f"no training run at {run}", hint="pass the output folder of `train`", path=run)
+    path = run / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MiloError(f"{path} is not valid JSON ({exc})", hint="restore the config.json written by train",
+                        path=path) from exc
