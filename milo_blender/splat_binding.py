@@ -151,10 +151,16 @@ def store_binding(me: bpy.types.Mesh, binding: Binding, bound_ids: np.ndarray) -
     arrays = binding.to_arrays()
     for name, (attr_name, data_type) in SPLAT_ATTRIBUTES.items():
         write_attribute(me, attr_name, data_type, arrays[name])
-    for name, prop in MESH_PROPERTIES.items():
-        me[prop] = arrays[name] if name != "n_source_faces" else int(arrays[name][0])
-    me[BOUND_IDS] = np.ascontiguousarray(bound_ids, np.int32)
-    me[TOKEN] = random.getrandbits(31)
+    values = {prop: arrays[name] if name != "n_source_faces" else int(arrays[name][0])
+              for name, prop in MESH_PROPERTIES.items()}
+    values[BOUND_IDS] = np.ascontiguousarray(bound_ids, np.int32)
+    values[TOKEN] = random.getrandbits(31)
+    for prop, value in values.items():
+        # Never assign an array over an existing array property of another length: Blender 5.0 copies the new
+        # buffer into the old allocation (heap corruption). A fresh property is allocated to size.
+        if prop in me:
+            del me[prop]
+        me[prop] = value
 
 
 def load_binding(me: bpy.types.Mesh) -> tuple[Binding, np.ndarray]:
@@ -295,6 +301,8 @@ def set_status(gauss: bpy.types.Object, state: TopologyState | None, message: st
 def follow_mesh(gauss: bpy.types.Object, depsgraph) -> bool:
     """Live display: move the splats onto the current mesh (centres, rotations, scales, lost flags). Returns
     whether anything was written. Never raises for a broken binding: the panel shows it."""
+    if gauss.mode == "EDIT":
+        return False                # its points are being edited: their attributes are not writable now
     try:
         rig, vertices, state = deformed_vertices(gauss, depsgraph)
     except MiloError as exc:
@@ -379,6 +387,8 @@ def bind_gaussians(context, gauss: bpy.types.Object, mesh_obj: bpy.types.Object)
     """Bind (or rebind) a Gaussian object to a mesh as both are now; the binding is stored on the Gaussians."""
     check_gaussian_object(gauss)
     check_bindable_mesh(mesh_obj, gauss)
+    if gauss.mode == "EDIT":
+        raise MiloError(f"'{gauss.name}' is in Edit Mode", hint="leave Edit Mode (Tab), then bind")
     if is_bound(gauss):
         bake_colour(gauss)          # the old binding's rest frame is about to go
     source = mesh_obj.data

@@ -25,11 +25,20 @@ VERTEX_ID_ATTRIBUTE = "milo_vertex_id"
 
 
 def ids_to_write(existing: np.ndarray | None, n_vertices: int) -> np.ndarray | None:
-    """Vertex ids to store on a mesh before binding it: None when the mesh already carries usable ids (unique,
-    non-negative; another binding may rely on them), else 0..n-1."""
-    if existing is not None and len(existing) == n_vertices and _unique_non_negative(existing):
+    """Vertex ids to store on a mesh before binding it, or None when its ids are usable as they are (unique,
+    non-negative). Usable ids are kept (another binding may rely on them); duplicates (the copies an extrude or
+    a subdivision made) and negative ids get fresh ids, keeping the first vertex holding each id."""
+    if existing is None or len(existing) != n_vertices:
+        return np.arange(n_vertices, dtype=np.int32)
+    ids = np.asarray(existing, dtype=np.int64)
+    if _unique_non_negative(ids):
         return None
-    return np.arange(n_vertices, dtype=np.int32)
+    first = np.zeros(len(ids), dtype=bool)
+    first[np.unique(ids, return_index=True)[1]] = True
+    bad = ~first | (ids < 0)
+    ids = ids.copy()
+    ids[bad] = max(int(ids.max()), -1) + 1 + np.arange(int(bad.sum()))
+    return ids.astype(np.int32)
 
 
 def rest_ids(evaluated_ids: np.ndarray | None, n_vertices: int) -> np.ndarray:

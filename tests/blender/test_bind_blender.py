@@ -121,9 +121,11 @@ def stored(gauss, name, width=1):
 def expected_centres(gauss, body):
     """Every splat's centre rebuilt from its stored barycentrics and offset on the deformed triangle (world)."""
     v, ids = evaluated_world_vertices(body)
-    rest_count = len(np.asarray(gauss.data["milo_rest_vertices"])) // 3
-    full = np.full((rest_count, 3), np.nan)
-    full[ids if ids is not None else np.arange(len(v))] = v
+    bound_ids = np.asarray(gauss.data["milo_bound_vertex_ids"])      # the vertices' ids at bind time
+    full = np.full((len(bound_ids), 3), np.nan)
+    where = {int(i): k for k, i in enumerate(bound_ids)}
+    present = [k for k, i in enumerate(ids) if int(i) in where]
+    full[[where[int(ids[k])] for k in present]] = v[present]
     corners = full[np.asarray(gauss.data["milo_triangles"]).reshape(-1, 3)[stored(gauss, "milo_face")]]
     normal = unit(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]))
     centres = np.einsum("nk,nkj->nj", stored(gauss, "milo_bary", 3), corners)
@@ -488,3 +490,56 @@ def test_import_of_a_run_binds_and_shows_ellipsoids(ext, tmp_path):
     dg = bpy.context.evaluated_depsgraph_get()
     points = gauss.evaluated_get(dg).data
     assert isinstance(points, bpy.types.PointCloud) or len(points.vertices) == 0
+
+
+def test_render_splats_through_the_real_backend(bound, monkeypatch, tmp_path):
+    """Per-frame splats and the scene camera go to the backend's `render` (this venv's milo_backend, CPU); the
+    image sequence comes back. The cameras sent project like Blender's own camera."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from milo_backend.evaluate import read_cameras
+    from PIL import Image
+
+    body, gauss, _ = bound
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("Shot", bpy.data.cameras.new("Shot"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    cam.location = (0.5, -5.0, 1.0)
+    cam.rotation_euler = (1.45, 0.0, 0.1)
+    cam.data.lens, cam.data.shift_x = 40.0, 0.05
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 48, 36, 100
+    body.rotation_euler = (0.0, 0.0, 0.4)
+    body.keyframe_insert("rotation_euler", frame=1)
+    body.rotation_euler = (0.0, 0.0, 1.4)
+    body.keyframe_insert("rotation_euler", frame=2)
+    scene.frame_start, scene.frame_end = 1, 2
+    scene.milo.device = "cpu"
+    out = tmp_path / "render ü"
+    assert bpy.ops.milo.render_splats(gaussians=gauss.name, directory=str(out)) == {"FINISHED"}
+    images = [np.asarray(Image.open(out / f"frame_{f:04d}.png")) for f in (1, 2)]
+    assert all(img.shape[:2] == (36, 48) for img in images)
+    assert all(img.max() > 0 for img in images) and np.abs(images[0].astype(int) - images[1]).max() > 0
+    # What was sent for frame 2: the splats as exported, and a camera projecting like Blender's.
+    scene.frame_set(2)
+    splats = read_splat_ply(out / "splats" / "frame_0002.ply")
+    assert_on_mesh(splats, gauss, body)
+    sent = read_cameras(out / "splats" / "frame_0002.json")[0]
+    assert sent.name == "frame_0002" and (sent.width, sent.height) == (48, 36)
+    uv, depth = sent.project(splats["means"].astype(np.float64))
+    for p, px in zip(splats["means"][::40], uv[::40]):
+        ndc = world_to_camera_view(scene, cam, Vector(p.tolist()))
+        np.testing.assert_allclose([ndc.x * 48, (1 - ndc.y) * 36], px, atol=1e-3)
+    assert (depth > 0).all()
+
+
+def test_render_splats_without_a_backend_or_camera_says_how_to_fix_it(bound, monkeypatch, tmp_path):
+    _, gauss, _ = bound
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", str(tmp_path / "no env" / "python"))
+    with pytest.raises(RuntimeError, match="backend Python not found"):
+        bpy.ops.milo.render_splats(gaussians=gauss.name, directory=str(tmp_path / "out"))
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    with pytest.raises(RuntimeError, match="no camera"):
+        bpy.ops.milo.render_splats(gaussians=gauss.name, directory=str(tmp_path / "out"), frames="CURRENT")
+    assert not (tmp_path / "out").exists()

@@ -99,8 +99,9 @@ def test_ambiguous_or_untrackable_changes_need_a_rebind(cube):
 def test_vertex_ids_written_and_kept():
     assert ids_to_write(None, 4).tolist() == [0, 1, 2, 3]
     assert ids_to_write(np.array([9, 3, 5]), 3) is None                # usable ids of another binding stay
-    assert ids_to_write(np.array([0, 0, 1]), 3).tolist() == [0, 1, 2]  # duplicates are replaced
-    assert ids_to_write(np.array([0, 1]), 3).tolist() == [0, 1, 2]
+    # Copies made by an extrude get fresh ids; the first holder of an id keeps it (other bindings rely on it).
+    assert ids_to_write(np.array([4, 7, 4, -1, 7]), 5).tolist() == [4, 7, 8, 9, 10]
+    assert ids_to_write(np.array([0, 1]), 3).tolist() == [0, 1, 2]       # count mismatch: start again
     assert rest_ids(np.array([4, 2, 9]), 3).tolist() == [4, 2, 9]
     assert rest_ids(np.array([0, 1, 1, 2]), 4).size == 0               # interpolated by a subdivision modifier
     assert rest_ids(None, 3).size == 0
