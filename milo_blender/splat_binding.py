@@ -236,7 +236,11 @@ def evaluated_mesh(obj: bpy.types.Object, depsgraph):
 def mesh_to_splat_space(gauss: bpy.types.Object, mesh_obj: bpy.types.Object, depsgraph) -> np.ndarray:
     g = np.array(gauss.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
     m = np.array(mesh_obj.evaluated_get(depsgraph).matrix_world, dtype=np.float64)
-    return np.linalg.solve(g, m)
+    try:
+        return np.linalg.solve(g, m)
+    except np.linalg.LinAlgError:
+        raise MiloError(f"'{gauss.name}' has a zero scale: its splats have no space to follow the mesh in",
+                        hint="give the Gaussian object a non-zero scale") from None
 
 
 def in_space(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

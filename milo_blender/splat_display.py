@@ -14,7 +14,7 @@ MODIFIER = "MILo splat points"     # the importer's name for it since the first 
 GROUP = "MILo splat display"
 LOST_ATTRIBUTE = "milo_lost"
 COLOR_ATTRIBUTE = "Color"
-INPUTS = {"Ellipsoids": "Ellipsoids", "Density": "Density", "Size": "Size"}   # modifier input names
+INPUTS = ("Ellipsoids", "Density", "Size")       # the modifier's inputs, shown in the panel
 
 
 def display_modifier(obj: bpy.types.Object) -> bpy.types.NodesModifier:

@@ -1,5 +1,7 @@
 """The bpy-free parts of "splats follow the mesh": tracking edited topology, assembling a frame's splats, world
 transforms of splats, and Blender cameras as backend cameras (numpy only)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -231,3 +233,21 @@ def test_camera_scale_does_not_change_the_view(tmp_path):
     np.testing.assert_allclose(back.world_to_cam, world_to_cam(matrix), atol=1e-12)
     with pytest.raises(ValueError, match="sensor fit"):
         opencv_camera("x", matrix, 50.0, 36.0, 24.0, "DIAGONAL", 0.0, 0.0, (64, 48))
+
+
+# ---------------------------------------------------------------------------------------------- render job
+def test_render_steps_are_argument_lists_one_per_frame(tmp_path):
+    from milo_blender.core.render_job import frame_inputs, render_steps
+    out = tmp_path / "my renders ü"
+    frames = [frame_inputs(out, "frame_0001"), frame_inputs(out, "frame_0002")]
+    assert frames[0].splats == out / "splats" / "frame_0001.ply"
+    assert frames[0].cameras == out / "splats" / "frame_0001.json"
+    steps = render_steps(Path("/envs/my env/bin/python"), frames, out, "cpu")
+    assert [s.label for s in steps] == ["Rendering frame_0001", "Rendering frame_0002"]
+    assert steps[1].argv == ["/envs/my env/bin/python", "-m", "milo_backend", "render", str(frames[1].splats),
+                             "--cameras", str(frames[1].cameras), "--out", str(out), "--device", "cpu", "--json"]
+    assert all(s.json for s in steps)
+    with pytest.raises(ValueError, match="device"):
+        render_steps("python", frames, out, "tpu")
+    with pytest.raises(ValueError, match="no frames"):
+        render_steps("python", [], out)
