@@ -543,3 +543,18 @@ def test_render_splats_without_a_backend_or_camera_says_how_to_fix_it(bound, mon
     with pytest.raises(RuntimeError, match="no camera"):
         bpy.ops.milo.render_splats(gaussians=gauss.name, directory=str(tmp_path / "out"), frames="CURRENT")
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_measures_the_live_path_at_a_small_size():
+    """The BENCHMARKS.md script, tiny, in its own process (it registers the add-on from the source tree)."""
+    import subprocess
+    result = subprocess.run([sys.executable, "-m", "milo_blender.bench_blender", "--splats", "3000",
+                             "--subdivisions", "8", "--frames", "2", "--no-write"], capture_output=True, text=True,
+                            cwd=Path(build_addon.__file__).parent, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "3000" in line]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names[:5] == ["bind (milo.bind: read mesh, nearest triangle, store)",
+                         "frame_set: shape key + live handler + display", "live handler (frame_change_post)",
+                         "display re-evaluation (ellipsoids)", "display re-evaluation (points)"]
+    assert len(rows) == 10 and all(float(row.split("|")[4]) > 0 for row in rows)
