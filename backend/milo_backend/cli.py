@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview-every", type=int, default=0)
+    p.add_argument("--no-mesh", action="store_true", help="no mesh in the loop (Gaussians only; ablation)")
+    p.add_argument("--no-extract", action="store_true", help="skip the final mesh extraction")
+    p.add_argument("--remove-unseen", action="store_true", help="drop final-mesh vertices no camera sees")
+    p.add_argument("--decoupled-appearance", action="store_true",
+                   help="per-image appearance network in the L1 term (photos with varying exposure)")
+    p.add_argument("--depth-prior", type=Path, default=None, metavar="PATH",
+                   help="TorchScript monocular depth network for the depth-order prior (off by default)")
+    _add_common(p)
+
+    p = sub.add_parser("extract", help="final mesh of a trained run: OUT/mesh.ply + OUT/mesh_stats.json")
+    p.add_argument("run", type=Path, help="a training output folder")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="SDF refinement steps (default: 1000 scaled like the run's schedule)")
+    p.add_argument("--remove-unseen", action="store_true", help="drop vertices that no camera sees")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
     _add_common(p)
 
     p = sub.add_parser("render", help="render a trained run (or a 3DGS PLY) from given cameras")
@@ -56,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--white-background", action="store_true")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="PSNR/SSIM on held-out views of a trained run (JSON)")
+    p = sub.add_parser("eval", help="PSNR/SSIM on held-out views of a trained run, or with --gt the mesh "
+                                    "against a ground-truth mesh (JSON)")
     p.add_argument("run", type=Path)
+    p.add_argument("--gt", type=Path, default=None, metavar="MESH",
+                   help="ground-truth mesh (.ply/.obj): accuracy, completeness, Chamfer, F-score of OUT/mesh.ply")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="F-score distance threshold, as a fraction of the ground truth's bbox diagonal")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_common(p)
 
@@ -89,7 +110,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         cfg = TrainConfig(iterations=args.iterations, preset=args.preset, scene=args.scene, device=args.device,
                           renderer=args.renderer, max_size=args.max_size, eval_split=args.eval,
                           white_background=args.white_background, seed=args.seed,
-                          preview_every=args.preview_every)
+                          preview_every=args.preview_every, mesh=not args.no_mesh,
+                          extract_mesh=not args.no_extract, remove_unseen=args.remove_unseen,
+                          decoupled_appearance=args.decoupled_appearance,
+                          depth_prior=str(args.depth_prior) if args.depth_prior else None)
         outputs = train(args.data, args.out, cfg, reporter, resume=args.resume)
         reporter.done(**outputs)
     elif cmd == "sfm":
@@ -104,12 +128,24 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         paths = render_cameras(args.source, args.cameras, args.out, reporter, device=args.device,
                                renderer=args.renderer, white_background=args.white_background)
         reporter.done(images=str(args.out.resolve()), count=len(paths))
+    elif cmd == "extract":
+        from milo_backend.extract import extract_run
+
+        if args.run.is_dir():
+            reporter.attach_log(args.run / "log.jsonl")
+        outputs = extract_run(args.run, reporter, device=args.device, iterations=args.iterations,
+                              remove_unseen=args.remove_unseen, renderer=args.renderer)
+        reporter.done(**outputs)
     elif cmd == "eval":
         import json
 
         from milo_backend.evaluate import evaluate_run
+        from milo_backend.mesh_metrics import evaluate_mesh
 
-        metrics = evaluate_run(args.run, reporter, device=args.device)
+        if args.gt is not None:
+            metrics = evaluate_mesh(args.run, args.gt, threshold=args.threshold, reporter=reporter)
+        else:
+            metrics = evaluate_run(args.run, reporter, device=args.device)
         if not args.json:
             print(json.dumps(metrics, indent=2))
         reporter.done(**metrics)

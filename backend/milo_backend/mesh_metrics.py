@@ -152,7 +152,7 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
         judged = pred_faces[meets]
     else:
         judged = pred_faces
-    resolution = 0.25 * tol
+    resolution = 0.5 * tol
 
     pred_pts = sample_surface(pred_verts, judged, n_samples, seed)
     pred_pts = pred_pts[(pred_pts >= lo).all(axis=1) & (pred_pts <= hi).all(axis=1)]
@@ -170,3 +170,36 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
             "vertices": int(len(pred_verts)), "vertices_in_box": int(in_box.sum()),
             "faces": int(len(pred_faces)), "gt_diagonal": diag, "samples": n_samples,
             "units": "fraction of the ground-truth bounding-box diagonal"}
+
+
+def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: int = DEFAULT_SAMPLES,
+                  reporter=None) -> dict:
+    """`eval OUT --gt MESH`: metrics of OUT/mesh.ply (or a mesh file) against the ground-truth mesh
+    file `gt`; written to OUT/mesh_eval.json when OUT is a run folder."""
+    from pathlib import Path
+
+    from milo_backend.atomic import write_json
+    from milo_backend.errors import MiloError
+    from milo_backend.mesh_io import read_mesh
+
+    source = Path(source)
+    mesh_path = source / "mesh.ply" if source.is_dir() else source
+    if source.is_dir() and not mesh_path.exists():
+        raise MiloError(f"no mesh in {source}", hint="run `extract` on the run first (or train without --no-extract)",
+                        path=mesh_path)
+    if not threshold > 0:
+        raise MiloError(f"the threshold must be positive, got {threshold}",
+                        hint="pass --threshold as a fraction of the ground truth's bbox diagonal, e.g. 0.01")
+    pred_v, pred_f = read_mesh(mesh_path)
+    gt_v, gt_f = read_mesh(gt)
+    if len(gt_f) == 0 or not bbox_diagonal(gt_v) > 0:
+        raise MiloError(f"the ground truth {gt} has no surface", hint="pass a triangle mesh with faces", path=gt)
+    if reporter is not None:
+        reporter.stage("eval_mesh", f"Comparing {mesh_path.name} with {Path(gt).name}")
+    metrics = {"mesh": str(mesh_path.resolve()), "gt": str(Path(gt).resolve()),
+               **mesh_metrics(pred_v, pred_f, gt_v, gt_f, threshold=threshold, n_samples=n_samples)}
+    if source.is_dir():
+        write_json(source / "mesh_eval.json", metrics)
+        if reporter is not None:
+            reporter.artifact("mesh_eval", source / "mesh_eval.json")
+    return metrics

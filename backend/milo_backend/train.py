@@ -32,6 +32,10 @@ from milo_backend.gaussians.init import init_from_points, random_points_in_view
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
+from milo_backend.appearance import decoupled_photometric_loss, make_appearance
+from milo_backend.depth_prior import LAMBDA_DEPTH_ORDER, DepthPrior, depth_order_loss
+from milo_backend.extract import final_mesh
+from milo_backend.mesh_phase import MeshPhase
 from milo_backend.previews import colorize_depth, normals_image, save_loss_curve, save_panel, to_uint8
 from milo_backend.render import render
 
@@ -138,6 +142,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     images = ImageCache()
     background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
     state = RunState()
+    prior = DepthPrior(cfg.depth_prior, device) if cfg.depth_prior else None  # a missing file fails here
 
     if resume and latest_checkpoint(out) is not None:
         ckpt = load_checkpoint(out)
@@ -171,7 +176,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     def save(reason: str = "") -> Path:
         path = save_checkpoint(out, {
             "model": model.state_dict(), "run": vars(state), "densify": stats.state_dict(),
-            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_json()})
+            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_json(),
+            "mesh": mesh.state_dict(), "appearance": appearance.state_dict() if appearance else None})
         reporter.artifact("checkpoint", path)
         return path
 
@@ -182,6 +188,15 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     def render_stats(camera: Camera):
         with torch.no_grad():
             return render_at(camera, with_stats=True)
+
+    # mesh in the loop (mesh_phase.py) and the optional appearance network (appearance.py)
+    mesh = MeshPhase(model, cams, render_at, extent=extent, max_pivots=cfg.budgets["max_pivots"], schedule=sched,
+                     scene=cfg.scene, reporter=reporter, seed=cfg.seed)
+    appearance, appearance_opt = make_appearance(len(cams), device) if cfg.decoupled_appearance else (None, None)
+    if state.iteration:  # resumed from `ckpt`
+        mesh.load_state_dict(ckpt.get("mesh") or {"started_at": None})
+        if appearance and ckpt.get("appearance"):
+            appearance.load_state_dict(ckpt["appearance"])
 
     n_checkpoints = max(1, cfg.iterations // cfg.checkpoint_every) if cfg.checkpoint_every else 10
     ckpt_every = max(1, cfg.iterations // n_checkpoints)
@@ -196,7 +211,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             it = state.iteration + 1
             if not state.order:
                 state.order = random.sample(range(len(cams)), len(cams))
-            cam = train_cameras(it)[state.order.pop()]
+            view = state.order.pop()
+            cam = train_cameras(it)[view]
             gt = training_image(images, cam, background)
 
             model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
@@ -205,11 +221,21 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             # the per-Gaussian statistics feed the "blurry" split of the densification window
             out_r = render_at(cam, with_stats=it <= sched.densify_until)
             out_r.means2d.retain_grad()
-            photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
+            if appearance is None:
+                photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
+            else:
+                photo = decoupled_photometric_loss(out_r.color, appearance(out_r.color, view), gt, cfg.lambda_ssim)
             loss = photo
             if it >= sched.depth_normal_from:
                 loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
                     out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
+                if prior is not None:
+                    loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
+                                                                        extent)
+            if cfg.mesh and it >= sched.mesh_from and mesh.started_at is None:
+                mesh.start(it)
+            if mesh.active:
+                loss = loss + mesh.loss(cam, out_r.depth_median)[0]
             if not torch.isfinite(loss):
                 good = latest_checkpoint(out)
                 raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
@@ -222,6 +248,10 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             for opt in model.optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            mesh.after_step(it)
+            if appearance_opt is not None:
+                appearance_opt.step()
+                appearance_opt.zero_grad(set_to_none=True)
             state.iteration = it
 
             # -- schedule events (section 1 of the method notes) --------------------------------
@@ -277,6 +307,9 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         reporter.artifact("loss_curve", curve)
     outputs = {"gaussians": str(ply.resolve()), "cameras": str((out / "cameras.json").resolve()),
                "log": str((out / "log.jsonl").resolve())}
+    if cfg.extract_mesh:
+        outputs.update(final_mesh(mesh, out, lambda c: training_image(images, c, background), sched,
+                                  remove_unseen=cfg.remove_unseen, seed=cfg.seed, reporter=reporter))
     return outputs
 
 
