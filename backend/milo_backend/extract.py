@@ -39,6 +39,7 @@ REFINE_ITERATIONS = 1000
 REFINE_LABELS_EVERY = 100
 LOOSE_TAU = 10.0  # x tau: the second colouring pass (vertices no view saw within tau)
 UNSEEN_GREY = 0.5
+NEIGHBOUR_ROUNDS = 8
 
 
 class ColouredMesh(NamedTuple):
@@ -108,25 +109,61 @@ def vertex_colors(verts: torch.Tensor, faces: torch.Tensor, cameras: Sequence[Ca
                   reporter: Reporter | None = None) -> torch.Tensor:
     """(V,3) colours in [0,1]: per view, a vertex is visible when the face seen at its pixel is one of
     its own or lies within `tau` of it in depth; visible vertices average the photo (bilinear). A
-    second pass with a loose tolerance (`LOOSE_TAU` x tau) colours the rest; never-seen ones are grey."""
+    second pass with a loose tolerance (`LOOSE_TAU` x tau) colours the rest; never-seen ones are grey.
+
+    Views are weighted by the cosine between the vertex normal and the direction to the camera: at a
+    silhouette the pixel mixes the surface with whatever lies behind it, and gets almost no weight.
+    """
     n = verts.shape[0]
+    normals = vertex_normals(verts, faces)
     sums = verts.new_zeros(2, n, 3)
-    counts = verts.new_zeros(2, n)
+    weights = verts.new_zeros(2, n)
     for i, cam in enumerate(cameras):
         img = image_fn(cam).to(verts.device, verts.dtype)
         seen, z, surface, face = surface_along_rays(verts, verts, faces, cam, backend)
         own = (face == torch.arange(n, device=verts.device)[:, None]).any(dim=1)
         rgb = _bilinear(img, project_points(verts, cam)[1])
+        to_cam = torch.nn.functional.normalize(torch.as_tensor(cam.center, dtype=verts.dtype, device=verts.device)
+                                               - verts, dim=1)
+        cos = (normals * to_cam).sum(dim=1).clamp_min(0.0) + 1e-3   # a grazing view still counts a little
         for k, tol in enumerate((tau, LOOSE_TAU * tau)):
-            ok = seen & (face[:, 0] >= 0) & (own | ((z - surface).abs() <= tol))
-            sums[k] += rgb * ok[:, None]
-            counts[k] += ok
+            w = (seen & (face[:, 0] >= 0) & (own | ((z - surface).abs() <= tol))) * cos
+            sums[k] += rgb * w[:, None]
+            weights[k] += w
         if reporter is not None:
             reporter.progress("vertex_colors", i + 1, len(cameras))
-    strict = sums[0] / counts[0].clamp_min(1)[:, None]
-    loose = sums[1] / counts[1].clamp_min(1)[:, None]
-    grey = torch.full_like(strict, UNSEEN_GREY)
-    return torch.where(counts[0][:, None] > 0, strict, torch.where(counts[1][:, None] > 0, loose, grey))
+    strict = sums[0] / weights[0].clamp_min(1e-12)[:, None]
+    loose = sums[1] / weights[1].clamp_min(1e-12)[:, None]
+    colors = torch.where(weights[0][:, None] > 0, strict, loose)
+    return fill_from_neighbours(colors, (weights[0] > 0) | (weights[1] > 0), faces)
+
+
+def fill_from_neighbours(colors: torch.Tensor, known: torch.Tensor, faces: torch.Tensor,
+                         rounds: int = NEIGHBOUR_ROUNDS) -> torch.Tensor:
+    """Vertices no photo colours (hidden in creases) take the mean of their coloured neighbours,
+    spreading up to `rounds` edges; the rest stay grey."""
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    src, dst = torch.cat([e[:, 0], e[:, 1]]), torch.cat([e[:, 1], e[:, 0]])
+    colors = torch.where(known[:, None], colors, torch.full_like(colors, UNSEEN_GREY))
+    known = known.clone()
+    for _ in range(rounds):
+        if bool(known.all()):
+            break
+        ok = known[src]
+        total = torch.zeros_like(colors).index_add_(0, dst[ok], colors[src[ok]])
+        count = torch.zeros_like(colors[:, 0]).index_add_(0, dst[ok], torch.ones_like(dst[ok], dtype=colors.dtype))
+        newly = ~known & (count > 0)
+        colors = torch.where(newly[:, None], total / count.clamp_min(1)[:, None], colors)
+        known |= newly
+    return colors
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(V,3) unit area-weighted vertex normals (outwards for outward faces)."""
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    fn = torch.cross(b - a, c - a, dim=1)
+    n = torch.zeros_like(verts).index_add_(0, faces.reshape(-1), fn.repeat_interleave(3, dim=0))
+    return torch.nn.functional.normalize(n, dim=1)
 
 
 def _bilinear(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:

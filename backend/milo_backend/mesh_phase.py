@@ -21,6 +21,7 @@ Final extraction (`extract.py`) reuses this object with the Gaussians frozen (`f
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -260,11 +261,13 @@ class MeshPhase:
     def state_dict(self) -> dict:
         if self.started_at is None:
             return {"started_at": None}
+        # copies: a snapshot must not follow later in-place updates (Adam steps the shift in place)
         d = {"started_at": self.started_at, "disabled": self.disabled, "n_gaussians": self.n_gaussians,
-             "idx": self.idx.cpu()}
+             "idx": self.idx.cpu().clone()}
         if self.disabled is None:
-            d.update(tets=self.tets.to(torch.int32).cpu(), base=self.base.cpu(), shift=self.shift.detach().cpu(),
-                     optimizer=self.optimizer.state_dict(), labels=self.labels.cpu())
+            d.update(tets=self.tets.to("cpu", torch.int32, copy=True), base=self.base.cpu().clone(),
+                     shift=self.shift.detach().cpu().clone(), optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                     labels=self.labels.cpu().clone())
         return d
 
     def load_state_dict(self, d: dict) -> None:
@@ -277,14 +280,14 @@ class MeshPhase:
             raise MiloError(f"the mesh state was saved for {self.n_gaussians} Gaussians but the model has "
                             f"{len(self.model)}", hint="the checkpoint and the Gaussians come from different runs")
         dev = self.device
-        self.idx = d["idx"].to(dev)
+        self.idx = d["idx"].to(dev, copy=True)
         if self.disabled is None:
-            self.tets = d["tets"].to(dev, torch.int64)
-            self.base = d["base"].to(dev)
-            self.shift = torch.nn.Parameter(d["shift"].to(dev))
+            self.tets = d["tets"].to(dev, torch.int64, copy=True)
+            self.base = d["base"].to(dev, copy=True)
+            self.shift = torch.nn.Parameter(d["shift"].to(dev, copy=True))
             self.optimizer = torch.optim.Adam([self.shift], lr=SDF_LR, eps=1e-15)
             self.optimizer.load_state_dict(d["optimizer"])
-            self.labels = d["labels"].to(dev)
+            self.labels = d["labels"].to(dev, copy=True)
 
 
 @torch.no_grad()
