@@ -23,7 +23,9 @@ class AppearanceModel(nn.Module):
     def __init__(self, n_images: int, embed_dim: int = EMBED_DIM, width: int = 64):
         super().__init__()
         self.embeddings = nn.Embedding(n_images, embed_dim)
-        nn.init.normal_(self.embeddings.weight, std=1e-4)
+        # unit-scale codes tell the images apart from the first step; the zero last layer keeps the
+        # map at exactly 1 until the network has learned something
+        nn.init.normal_(self.embeddings.weight, std=1.0)
         self.inp = nn.Conv2d(3 + embed_dim, width, 3, padding=1)
         # five x2 upsampling stages bring the 1/32 map back to full resolution
         chans = [width, width, width // 2, width // 4, width // 4, width // 4]

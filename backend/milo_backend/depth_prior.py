@@ -5,11 +5,12 @@ rendered depth is penalised where it orders a pair the other way:
     log(1 + 20 max(0, -(D_p - D_q) / R_cam * sign(P_p - P_q)))
 for pixel pairs (p, q) with q drawn within 5% of the image size around p.
 
-The network is supplied locally as a TorchScript file (nothing is downloaded): `torch.jit.load(PATH)`
-must give a module mapping a (1,3,H,W) RGB image in [0,1] to a relative *inverse* depth map
-((1,H',W') or (1,1,H',W'), larger = nearer, any scale: the convention of MiDaS / DPT / Depth
-Anything), e.g. exported with `torch.jit.trace(model, example).save(PATH)`. Only the order of its
-values is used. Predictions are computed once per photo and cached.
+The network is supplied locally (nothing is downloaded) as a self-contained program, no Python class
+needed: a `torch.export` archive (`.pt2`, `torch.export.save(torch.export.export(model, (x,),
+dynamic_shapes=...), PATH)`) or a TorchScript file (any other suffix, `torch.jit.trace(model,
+x).save(PATH)`). It maps a (1,3,H,W) RGB image in [0,1] to a relative *inverse* depth map ((1,H',W')
+or (1,1,H',W'), larger = nearer, any scale: the convention of MiDaS / DPT / Depth Anything). Only
+the order of its values is used. Predictions are computed once per photo and cached.
 """
 from __future__ import annotations
 
@@ -27,9 +28,8 @@ SHARPNESS = 20.0
 # geometric regularisers (depth-normal, mesh depth/normal).
 LAMBDA_DEPTH_ORDER = 0.05
 
-_HINT = ("pass a TorchScript file of a monocular depth network (input (1,3,H,W) RGB in [0,1], output "
-         "relative inverse depth), e.g. saved with torch.jit.trace(model, example).save(PATH); or drop "
-         "--depth-prior")
+_HINT = ("pass a monocular depth network exported as a torch.export .pt2 archive or a TorchScript file "
+         "(input (1,3,H,W) RGB in [0,1], output relative inverse depth; see the README), or drop --depth-prior")
 
 
 class DepthPrior:
@@ -41,9 +41,13 @@ class DepthPrior:
         if not self.path.is_file():
             raise MiloError(f"depth prior weights not found: {self.path}", hint=_HINT, path=self.path)
         try:
-            self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
+            if self.path.suffix.lower() == ".pt2":
+                self.net = torch.export.load(str(self.path)).module().to(self.device)
+            else:
+                self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
         except Exception as exc:  # noqa: BLE001 - any loader failure means "not a usable model file"
-            raise MiloError(f"{self.path} is not a TorchScript model ({type(exc).__name__}: {exc})",
+            kind = "torch.export" if self.path.suffix.lower() == ".pt2" else "TorchScript"
+            raise MiloError(f"{self.path} is not a {kind} model ({type(exc).__name__}: {exc})",
                             hint=_HINT, path=self.path) from exc
         self._cache: dict[tuple[str, int, int], torch.Tensor] = {}
 
