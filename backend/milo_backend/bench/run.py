@@ -9,7 +9,7 @@ from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 
 FOX = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "fox"
-SECTIONS = ("train", "render", "mesh", "gaussians", "sfm")
+SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop")
 
 
 def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", fox: Path | None = None) -> None:
@@ -35,6 +35,9 @@ def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", f
             from milo_backend.bench.gaussians import bench_gaussians
             md = bench_gaussians(dev)
             section = f"gaussians-{dev}"
+        elif name == "mesh-loop":
+            from milo_backend.bench.mesh_loop import bench_mesh_loop
+            md = bench_mesh_loop(dev)
         else:  # sfm
             from milo_backend.bench.sfm import bench_sfm
             if not (fox / "images").is_dir():
