@@ -135,3 +135,23 @@ def test_eval_gt_command(tmp_path, cli):
     (tmp_path / "no mesh").mkdir()
     code, events, _ = cli.run("eval", tmp_path / "no mesh", "--gt", gt)
     assert code == 2 and "extract" in events[-1]["hint"]
+
+
+def test_readme_documents_extract_eval_gt_and_the_mesh_example():
+    """The README's mesh section stays in step with the CLI and with the tested docstring example."""
+    import textwrap
+    from pathlib import Path
+
+    import milo_backend.mesh as mesh_module
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = mesh_module.__doc__.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("    import torch"))
+    block = []
+    for line in lines[start:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line)
+    assert textwrap.dedent("\n".join(block)).strip() in readme
+    for text in ("milo-backend extract OUT", "eval OUT --gt MESH", "mesh_stats.json", "--no-mesh", "--depth-prior"):
+        assert text in readme, text
