@@ -84,7 +84,8 @@ def prepare_output(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device) -> GaussianModel:
+def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device,
+                  max_gaussians: int) -> GaussianModel:
     """Gaussians at the SfM points; for posed inputs without points (NeRF), at points triangulated with
     the known poses; failing that, random points inside the region the cameras see."""
     points, colors = dataset.points, dataset.point_colors
@@ -99,7 +100,8 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
         rng = np.random.default_rng(cfg.seed)
         # seen by half of the cameras: the region they all look at, not floaters just in front of one
         cams = dataset.train_cameras
-        pts = torch.as_tensor(random_points_in_view(cams, cfg.init_points, rng, min_views=max(2, len(cams) // 2)),
+        n = min(cfg.init_points, max_gaussians)
+        pts = torch.as_tensor(random_points_in_view(cams, n, rng, min_views=max(2, len(cams) // 2)),
                               dtype=torch.float32)
         cols = torch.full_like(pts, 0.5)
         reporter.warning("no sparse points: initialising Gaussians at random inside the cameras' view",
@@ -157,7 +159,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         random.setstate(ckpt["py_rng"])
         reporter.log(f"resuming at iteration {state.iteration}")
     else:
-        model = initial_model(dataset, out, cfg, reporter, device)
+        model = initial_model(dataset, out, cfg, reporter, device, max_gaussians)
         make_optimizers(model, extent)
         stats = None
     if stats is None:
@@ -208,7 +210,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         while state.iteration < cfg.iterations:
             if flag.stop:
                 path = save()
-                raise Cancelled(str(path))
+                raise Cancelled(str(path.resolve()))
             it = state.iteration + 1
             if not state.order:
                 state.order = random.sample(range(len(cams)), len(cams))

@@ -39,7 +39,10 @@ def parse_events(stdout: str) -> list[dict]:
     """Every stdout line of a --json run must be one JSON object with an "event"."""
     events = []
     for line in stdout.splitlines():
-        obj = json.loads(line)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"stdout line is not a JSON event: {line!r}") from None
         assert "event" in obj and obj["v"] == 1, line
         events.append(obj)
     return events

@@ -103,7 +103,7 @@ def test_existing_run_is_never_overwritten(trained, cli):
 def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cli):
     out = tmp_path / "run with spaces"
     proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
-                             "--iterations", "120", "--device", "cpu", "--json"],
+                             "--iterations", "60", "--device", "cpu", "--no-mesh", "--json"],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
     for line in proc.stdout:  # wait until training is really running
@@ -119,10 +119,10 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cl
     assert Path(events[-1]["checkpoint"]).exists()
     stopped_at = max(e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train")
 
-    code, events, err = cli.run("train", tiny_scene, out, "--iterations", 120, "--device", "cpu", "--resume")
+    code, events, err = cli.run("train", tiny_scene, out, "--iterations", 60, "--device", "cpu", "--no-mesh", "--resume")
     assert code == 0, err
     steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train"]
-    assert steps[0] >= stopped_at and steps[-1] == 120
+    assert steps[0] >= stopped_at and steps[-1] == 60
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_scene, tmp_path, monkeypatch):
