@@ -8,22 +8,13 @@ mu + R(q) diag(3 k s) c of its scaled 3-sigma box, c running over {-1,+1}^3 in t
 from __future__ import annotations
 
 import torch
+from milo_backend.quaternions import quat_to_rotmat  # noqa: F401 (re-exported)
 
 PIVOTS_PER_GAUSSIAN = 9
 
 # Corners c of the unit box, in binary order (x fastest); row 0 is the centre.
 BOX_CORNERS = torch.tensor(
     [[0.0, 0.0, 0.0]] + [[(-1.0, 1.0)[(i >> a) & 1] for a in range(3)] for i in range(8)])
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (N,3,3) from quaternions (N,4) wxyz; any non-zero norm is accepted."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def surface_gaussians(scores: torch.Tensor, views_seen: torch.Tensor, budget: int,

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from milo_backend.quaternions import quat_to_rotmat  # noqa: F401 (re-exported)
 
 NEAR_PLANE = 0.01
 EPS2D = 0.3                 # px^2 added to the 2D covariance (3DGS low-pass filter)
@@ -37,16 +38,6 @@ def camera_tensors(camera, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     viewmat = torch.as_tensor(np.asarray(camera.world_to_cam, dtype=np.float64), device=device).to(dtype)
     K = torch.as_tensor(camera.K, device=device).to(dtype)
     return viewmat, K
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (N,3,3) of quaternions (N,4) wxyz (normalised here)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def covariance_3d(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
