@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from milo_backend.atomic import atomic_path, write_json
 from milo_backend.data.camera import Camera, look_at
-from milo_backend.data.synthetic import LIGHT, PALETTES, texture, write_obj
+from milo_backend.data.synthetic import LIGHT, PALETTES, texture, write_posed_scene
 from milo_backend.mesh import rasterize_mesh
 from milo_backend.mesh_io import read_mesh
 
@@ -99,25 +97,6 @@ def _smooth_normals(verts, faces, tri, p) -> np.ndarray:
 def make_mesh_scene(mesh_path: str | Path, out_dir: str | Path, n_views: int = 48, size: int = 160,
                     test_every: int = 8, y_up: bool = True, reporter=None) -> Path:
     """Write the scene to `out_dir` (images/, transforms.json, ground_truth.obj). Idempotent."""
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     verts, faces = normalised_mesh(mesh_path, y_up)
-    cams = sphere_cameras(n_views, size)
-    gl_from_cv = np.diag([1.0, -1.0, -1.0, 1.0])
-    frames = []
-    for i, cam in enumerate(cams):
-        path = out / "images" / cam.name
-        if not path.exists():
-            img = (render_mesh_photo(verts, faces, cam) * 255 + 0.5).astype(np.uint8)
-            with atomic_path(path) as tmp:
-                Image.fromarray(img).save(tmp, format="PNG")
-        split = "test" if test_every and i % test_every == test_every - 1 else "train"
-        frames.append({"file_path": f"images/{cam.name}", "split": split,
-                       "transform_matrix": (cam.cam_to_world @ gl_from_cv).tolist()})
-        if reporter is not None:
-            reporter.progress("scene", i + 1, n_views)
-    c = cams[0]
-    write_json(out / "transforms.json", {"fl_x": c.fx, "fl_y": c.fy, "cx": c.cx, "cy": c.cy, "w": c.width,
-                                         "h": c.height, "frames": frames})
-    write_obj(out / "ground_truth.obj", verts, faces)
-    return out
+    return write_posed_scene(out_dir, sphere_cameras(n_views, size), lambda cam: render_mesh_photo(verts, faces, cam),
+                             (verts, faces), test_every, reporter, stage="scene")

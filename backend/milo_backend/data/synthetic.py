@@ -178,29 +178,37 @@ def write_obj(path: Path, verts: np.ndarray, faces: np.ndarray) -> None:
             fh.writelines(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces)
 
 
-def make_synthetic_scene(out_dir: str | Path, n_views: int = 32, size: int = 128, test_every: int = 8,
-                         reporter=None) -> Path:
-    """Write the sample scene to `out_dir` (images/, transforms.json, ground_truth.obj). Idempotent."""
+def write_posed_scene(out_dir: str | Path, cameras: list[Camera], render_image, ground_truth,
+                      test_every: int = 8, reporter=None, stage: str = "sample") -> Path:
+    """Write `images/` (rendered by `render_image(camera)` -> (H,W,3) in [0,1], skipped when present),
+    a NeRF `transforms.json` (OpenGL axes; every `test_every`-th view in the test split) and the
+    ground-truth surface `ground_truth.obj` from `(verts, faces)`. Shared by every synthetic scene."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scene = Scene()
-    cams = ring_cameras(n_views, size, scene)
     frames = []
     gl_from_cv = np.diag([1.0, -1.0, -1.0, 1.0])
-    for i, cam in enumerate(cams):
+    for i, cam in enumerate(cameras):
         path = out / "images" / cam.name
         if not path.exists():
-            img = (render_view(cam, scene) * 255 + 0.5).astype(np.uint8)
+            img = (render_image(cam) * 255 + 0.5).astype(np.uint8)
             with atomic_path(path) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
         split = "test" if test_every and i % test_every == test_every - 1 else "train"
         frames.append({"file_path": f"images/{cam.name}", "split": split,
                        "transform_matrix": (cam.cam_to_world @ gl_from_cv).tolist()})
         if reporter is not None:
-            reporter.progress("sample", i + 1, n_views)
-    c = cams[0]
+            reporter.progress(stage, i + 1, len(cameras))
+    c = cameras[0]
     write_json(out / "transforms.json", {
         "camera_angle_x": float(2 * np.arctan(c.width / (2 * c.fx))), "fl_x": c.fx, "fl_y": c.fy,
         "cx": c.cx, "cy": c.cy, "w": c.width, "h": c.height, "frames": frames})
-    write_obj(out / "ground_truth.obj", *ground_truth_mesh(scene))
+    write_obj(out / "ground_truth.obj", *ground_truth)
     return out
+
+
+def make_synthetic_scene(out_dir: str | Path, n_views: int = 32, size: int = 128, test_every: int = 8,
+                         reporter=None) -> Path:
+    """Write the sample scene to `out_dir` (images/, transforms.json, ground_truth.obj). Idempotent."""
+    scene = Scene()
+    return write_posed_scene(out_dir, ring_cameras(n_views, size, scene), lambda cam: render_view(cam, scene),
+                             ground_truth_mesh(scene), test_every, reporter)
