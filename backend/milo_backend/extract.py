@@ -74,6 +74,7 @@ def extract_mesh(phase: MeshPhase, image_fn: Callable[[Camera], torch.Tensor], *
         for i, cam in enumerate(phase.cameras):
             depths[cam.name] = phase.render_fn(cam, False).depth_median.detach()
             reporter.progress("extract_depths", i + 1, len(phase.cameras))
+    labels_every = phase.all_view_interval(labels_every)
     rng = random.Random(seed)
     order: list[int] = []
     for it in range(1, iterations + 1):

@@ -111,6 +111,9 @@ class MeshPhase:
         they are frozen."""
         if self._frozen_pivots is not None:
             return self._frozen_pivots
+        if len(self.model) != self.n_gaussians:  # the subset indexes the Gaussians of the start
+            raise RuntimeError(f"the mesh subset was chosen among {self.n_gaussians} Gaussians, the model now "
+                               f"has {len(self.model)}: the set of Gaussians must not change in the mesh phase")
         s = self.model.splats()
         return pivots(s.means, s.scales, s.quats, self.idx, n_total=self.n_gaussians)
 
@@ -164,12 +167,12 @@ class MeshPhase:
         sch = self.schedule
         if k % sch.delaunay_every == 0:
             self.triangulate()
-        if it <= sch.sdf_reset_until and k % self._all_view_interval(sch.sdf_reset_every) == 0:
+        if it <= sch.sdf_reset_until and k % self.all_view_interval(sch.sdf_reset_every) == 0:
             self.reset_sdf()
-        if k % self._all_view_interval(sch.labels_every) == 0:
+        if k % self.all_view_interval(sch.labels_every) == 0:
             self.update_labels()
 
-    def _all_view_interval(self, interval: int) -> int:
+    def all_view_interval(self, interval: int) -> int:
         """Decision: fusion resets and labels render every view; at most once per epoch (as many
         iterations as views). Never binding for the published 18k schedule with up to 200 views; on
         a short CPU run it keeps these passes from costing more than the training itself."""

@@ -120,7 +120,7 @@ def test_schedule_events_follow_the_scaled_intervals(monkeypatch):
     assert calls["reset_sdf"] == list(range(1701, 2601, 100))      # blended resets stop at 13k/18k
     assert calls["update_labels"] == list(range(1641, 3601, 40))
     # fewer iterations than views between label passes: at most one all-view pass per epoch
-    assert make_phase(model, cams * 10, schedule=sched)._all_view_interval(sched.labels_every) == 60
+    assert make_phase(model, cams * 10, schedule=sched).all_view_interval(sched.labels_every) == 60
 
 
 def test_resets_blend_towards_the_fusion_and_keep_the_shift(started):

@@ -2,8 +2,9 @@
 
 The mesh (e.g. the Stanford bunny) is centred, scaled into the unit ball and turned z-up; it gets a
 procedural 3D texture (the multi-octave value noise of `synthetic.py`, so photos have the detail
-that training needs) and smooth Lambertian shading, and is rendered on black from cameras spread
-over the upper part of a sphere (a Fibonacci spiral), with 2x2 supersampling. Writes a NeRF-style
+that training needs) and smooth Lambertian shading, and is rendered from cameras spread over the
+upper part of a sphere (a Fibonacci spiral), with 2x2 supersampling, as RGBA photos (transparent
+background: training composites them on its background colour). Writes a NeRF-style
 `transforms.json` (every `test_every`-th view held out) + `images/*.png` and the normalised mesh
 as `ground_truth.obj`, in the same world frame as the cameras.
 """
@@ -50,14 +51,16 @@ def sphere_cameras(n_views: int, size: int, distance: float = 3.0, fov_deg: floa
 @torch.no_grad()
 def render_mesh_photo(verts: np.ndarray, faces: np.ndarray, camera: Camera, supersample: int = 2,
                       palette: np.ndarray = PALETTES[1], seed: int = 5) -> np.ndarray:
-    """(H,W,3) photo in [0,1]: textured, smoothly shaded mesh on black."""
+    """(H,W,4) photo in [0,1]: textured, smoothly shaded mesh, premultiplied on black, and its coverage
+    (alpha), so training can composite it on any background."""
     s = supersample
     cam = camera.scaled(camera.width * s, camera.height * s)
     v = torch.as_tensor(verts, dtype=torch.float64)
     f = torch.as_tensor(faces, dtype=torch.int64)
     out = rasterize_mesh(v, f, cam, backend="torch")
     hit = out.face_ids.reshape(-1) >= 0
-    img = np.zeros((cam.height * cam.width, 3))
+    img = np.zeros((cam.height * cam.width, 4))
+    img[:, 3] = hit.numpy()
     if hit.any():
         # the surface point of each covered pixel: back-projected depth through the pixel centre
         idx = torch.nonzero(hit).squeeze(1)
@@ -71,8 +74,10 @@ def render_mesh_photo(verts: np.ndarray, faces: np.ndarray, camera: Camera, supe
         normal = _smooth_normals(verts, faces, tri, p)
         albedo = texture(p * 1.5, palette, seed)
         shade = 0.35 + 0.65 * np.clip(normal @ LIGHT, 0, 1)
-        img[idx.numpy()] = albedo * shade[:, None]
-    img = img.reshape(camera.height, s, camera.width, s, 3).mean(axis=(1, 3))
+        img[idx.numpy(), :3] = albedo * shade[:, None]
+    img = img.reshape(camera.height, s, camera.width, s, 4).mean(axis=(1, 3))
+    # straight (not premultiplied) colour in the PNG, as image files store it
+    img[..., :3] /= np.maximum(img[..., 3:], 1e-6)
     return np.clip(img, 0, 1)
 
 
