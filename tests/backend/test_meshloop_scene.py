@@ -11,7 +11,8 @@ from milo_backend.bench.mesh_loop import BUNNY
 
 
 def test_mesh_scene_photos_cameras_and_ground_truth_agree(tmp_path):
-    scene = make_mesh_scene(BUNNY, tmp_path / "lapin é", n_views=8, size=40)
+    """With a transparent background the coverage (alpha) shows where the object is."""
+    scene = make_mesh_scene(BUNNY, tmp_path / "lapin é", n_views=8, size=40, background="none")
     dataset = load_dataset(scene, tmp_path / "work")
     assert len(dataset.cameras) == 8 and [c.split for c in dataset.cameras].count("test") == 1
     verts, faces = read_mesh(scene / "ground_truth.obj")
@@ -27,3 +28,12 @@ def test_mesh_scene_photos_cameras_and_ground_truth_agree(tmp_path):
         covered = alpha[px[:, 1], px[:, 0]] > 0
         assert covered.mean() > 0.97                                  # ground truth lands on the photo's object
         assert 0.05 < (alpha > 127).mean() < 0.6                      # object and background both present
+
+
+def test_the_default_background_is_a_textured_dome(tmp_path):
+    scene = make_mesh_scene(BUNNY, tmp_path / "dome", n_views=2, size=24, test_every=0)
+    for path in sorted((scene / "images").glob("*.png")):
+        im = np.asarray(Image.open(path))
+        assert im.shape == (24, 24, 3)
+        assert im.reshape(-1, 3).max(axis=1).min() > 20          # no void: every pixel sees a surface
+        assert im.reshape(-1, 3).std(axis=0).mean() > 15         # textured
