@@ -6,6 +6,7 @@ SIGTERM; a checkpoint was saved and `--resume` continues), 1 an unexpected inter
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -172,9 +173,19 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def json_event_stream():
+    """A private handle on stdout for the JSON events; file descriptor 1 itself is pointed at stderr, so
+    whatever else writes to stdout (C libraries: OpenBLAS, COLMAP's logging) cannot break the protocol."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    reporter = Reporter(json_mode=getattr(args, "json", False))
+    json_mode = getattr(args, "json", False)
+    reporter = Reporter(json_mode=json_mode, stream=json_event_stream() if json_mode else None)
     try:
         return run(args, reporter)
     except MiloError as exc:
