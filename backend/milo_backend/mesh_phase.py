@@ -18,6 +18,9 @@ Timeline (all intervals are the scaled ones of `config.Schedule`, counted from t
   until `sdf_reset_until`, purely learned after; labels every `labels_every`.
 
 Final extraction (`extract.py`) reuses this object with the Gaussians frozen (`freeze_gaussians`).
+
+The two QUIRKs of the notes: the label BCE is a per-element mean (`losses.occupancy_label_loss`), and
+the labels' depth margin is scale-free (`LABEL_MARGIN` below).
 """
 from __future__ import annotations
 
