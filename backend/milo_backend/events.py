@@ -73,6 +73,7 @@ class Reporter:
         self.quiet = quiet
         self._log: TextIO | None = None
         self._bars: dict[str, Any] = {}
+        self._progress_since: dict[str, float] = {}  # stage -> time of its first progress event
         self._etas: dict[str, EtaEstimator] = {}
 
     # -- sinks -------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class Reporter:
             return
         self._close_bars()
         if kind == "stage":
+            self._progress_since.pop(obj.get("stage"), None)
             text = f"== {obj.get('message') or obj.get('stage')}"
         elif kind == "artifact":
             text = f"   wrote {obj.get('kind')}: {obj.get('path')}"
@@ -130,6 +132,9 @@ class Reporter:
             self._close_bars()
             bar = self._bars[stage] = tqdm(total=obj.get("total"), desc=stage, file=self.stream,
                                            dynamic_ncols=True, leave=True, initial=obj.get("step", 0))
+            # a bar re-opened after a line of text (preview written, nested stage) keeps counting the
+            # stage's elapsed time from its first progress event, not from zero
+            bar.start_t = self._progress_since.setdefault(stage, bar.start_t)
         bar.n = obj.get("step", 0)
         post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in obj.items()
                 if k not in ("event", "v", "time", "stage", "step", "total", "eta_s")}

@@ -104,3 +104,10 @@ def occupancy_label_loss(occ_logits: torch.Tensor, labels: torch.Tensor) -> torc
     fraction of positive labels, which only rescales the weight as the label balance drifts).
     """
     return F.binary_cross_entropy_with_logits(occ_logits, labels.to(occ_logits.dtype))
+
+
+def flatness_loss(scales: torch.Tensor, extent: float) -> torch.Tensor:
+    """Mean smallest standard deviation of the Gaussians, in units of the camera extent (scale-free).
+    Pass the filtered scales: the 3D filter's floor makes the push fade once a Gaussian is as thin
+    as the finest pixel footprint."""
+    return scales.min(dim=1).values.mean() / extent

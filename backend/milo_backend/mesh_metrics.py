@@ -90,20 +90,39 @@ class SurfaceDistance:
         self.tree = cKDTree(centroids) if len(centroids) else None
 
     def __call__(self, points: np.ndarray, chunk: int = 50_000) -> np.ndarray:
+        return self.nearest(points, chunk)[0]
+
+    def signed(self, points: np.ndarray) -> np.ndarray:
+        """Distances with the sign of the side of the nearest triangle (> 0 in front of its
+        counter-clockwise face: outside a closed, outward-oriented mesh)."""
+        points = np.asarray(points, dtype=np.float64)
+        d, tri = self.nearest(points)
+        if self.tree is None:
+            return d
+        a, b, c = (self.verts[self.faces[tri, i]] for i in range(3))
+        side = np.einsum("ij,ij->i", np.cross(b - a, c - a), points - a)
+        return np.where(side < 0, -d, d)
+
+    def nearest(self, points: np.ndarray, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (N,), index of the nearest triangle (N,))."""
         points = np.asarray(points, dtype=np.float64)
         if self.tree is None:
-            return np.full(len(points), np.inf)
+            return np.full(len(points), np.inf), np.full(len(points), -1)
         k = min(self.k, self.tree.n)
         out = np.empty(len(points))
+        which = np.empty(len(points), dtype=np.int64)
         for s in range(0, len(points), chunk):
             p = points[s:s + chunk]
             _, nn = self.tree.query(p, k=k)
-            nn = nn.reshape(len(p), k)
-            tri = self.faces[self.parent[nn]]                                     # (n,k,3)
+            cand = self.parent[nn.reshape(len(p), k)]                              # (n,k)
+            tri = self.faces[cand]                                                # (n,k,3)
             pk = np.repeat(p, k, axis=0)
             d = point_triangle_distance(pk, *(self.verts[tri[..., i].reshape(-1)] for i in range(3)))
-            out[s:s + chunk] = d.reshape(len(p), k).min(axis=1)
-        return out
+            d = d.reshape(len(p), k)
+            best = d.argmin(axis=1)
+            out[s:s + chunk] = d[np.arange(len(p)), best]
+            which[s:s + chunk] = cand[np.arange(len(p)), best]
+        return out, which
 
 
 def _subdivided_centroids(verts: np.ndarray, faces: np.ndarray, max_edge: float):
@@ -157,7 +176,8 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
     pred_pts = sample_surface(pred_verts, judged, n_samples, seed)
     pred_pts = pred_pts[(pred_pts >= lo).all(axis=1) & (pred_pts <= hi).all(axis=1)]
     gt_pts = sample_surface(gt_verts, gt_faces, n_samples, seed)
-    acc = SurfaceDistance(gt_verts, gt_faces, resolution)(pred_pts) / diag
+    acc_signed = SurfaceDistance(gt_verts, gt_faces, resolution).signed(pred_pts) / diag
+    acc = np.abs(acc_signed)
     comp = SurfaceDistance(pred_verts, judged, resolution)(gt_pts) / diag
 
     precision = float((acc < threshold).mean()) if len(acc) else 0.0
@@ -167,6 +187,9 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
     completeness = float(comp.mean()) if len(comp) else float("inf")
     return {"accuracy": accuracy, "completeness": completeness, "chamfer": 0.5 * (accuracy + completeness),
             "precision": precision, "recall": recall, "fscore": fscore, "threshold": threshold,
+            # median signed distance of the prediction to the ground truth (< 0: inside it): a mesh
+            # that is shrunk or inflated as a whole shows here, noise does not
+            "offset": float(np.median(acc_signed)) if len(acc_signed) else float("nan"),
             "vertices": int(len(pred_verts)), "vertices_in_box": int(in_box.sum()),
             "faces": int(len(pred_faces)), "gt_diagonal": diag, "samples": n_samples,
             "units": "fraction of the ground-truth bounding-box diagonal"}

@@ -232,6 +232,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             if it >= sched.depth_normal_from:
                 loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
                     out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
+                if cfg.lambda_flat:
+                    loss = loss + cfg.lambda_flat * losses.flatness_loss(model.splats().scales, extent)
                 if prior is not None:
                     loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
                                                                         extent)

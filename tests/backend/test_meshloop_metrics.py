@@ -67,6 +67,9 @@ def test_an_offset_surface_has_the_known_error(offset):
     assert m["chamfer"] == pytest.approx(offset, rel=0.03)
     expected = 1.0 if offset < 0.01 else 0.0
     assert m["precision"] == m["recall"] == m["fscore"] == expected
+    assert m["offset"] == pytest.approx(offset, rel=0.03)  # grown: outside the ground truth
+    shrunk = mesh_metrics(v * (1 - offset * diag), f, v, f, threshold=0.01, n_samples=5_000)
+    assert shrunk["offset"] == pytest.approx(-offset, rel=0.03)
 
 
 def test_background_outside_the_ground_truth_box_is_not_judged():

@@ -188,3 +188,40 @@ def test_schedule_scales_with_iterations():
     assert [full.sh_degree(i) for i in (0, 2999, 3000, 4000, 5000, 17000)] == [0, 0, 1, 2, 3, 3]
     assert short.sh_degree(short.full_resolution_from) == 1 and short.sh_degree(2000) == 3
     assert short.densify_every >= 10  # never densify from a single view's gradients
+
+
+def test_console_bar_keeps_the_stage_elapsed_time_across_other_lines():
+    """A line of text (a preview written) closes the bar; the re-opened bar must not restart its
+    clock, or the console shows a few seconds elapsed for a run that has trained for minutes."""
+    import io
+
+    from milo_backend.events import Reporter
+
+    rep = Reporter(stream=io.StringIO())
+    rep.progress("train", 10, 100)
+    first = rep._bars["train"].start_t
+    time.sleep(0.05)
+    rep.artifact("preview", "/tmp/x.png")
+    rep.progress("train", 20, 100)
+    assert rep._bars["train"].start_t == first
+    rep.stage("train", "a new training stage")
+    time.sleep(0.05)
+    rep.progress("train", 1, 100)
+    assert rep._bars["train"].start_t > first
+    rep.close()
+
+
+def test_flatness_term_thins_the_smallest_axis_and_is_scale_free():
+    from milo_backend import losses
+
+    log_s = torch.log(torch.tensor([[0.3, 0.2, 0.05], [0.1, 0.02, 0.4]])).requires_grad_()
+    value = losses.flatness_loss(log_s.exp(), extent=2.0)
+    assert value.item() == pytest.approx((0.05 + 0.02) / 2 / 2.0)
+    value.backward()
+    grad = log_s.grad
+    assert grad[0, 2] > 0 and grad[1, 1] > 0  # descent shrinks the thin axis ...
+    assert grad[0, :2].abs().sum() == 0 and grad[1, [0, 2]].abs().sum() == 0  # ... and only that one
+    # the same scene in other units (x10) gives the same value
+    assert losses.flatness_loss(10 * log_s.exp(), extent=20.0).item() == pytest.approx(value.item())
+    # trained with it on (the default), it is part of the recorded configuration
+    assert TrainConfig().lambda_flat > 0

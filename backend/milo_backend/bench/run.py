@@ -36,8 +36,11 @@ def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", f
             md = bench_gaussians(dev)
             section = f"gaussians-{dev}"
         elif name == "mesh-loop":
-            from milo_backend.bench.mesh_loop import bench_mesh_loop
-            md = bench_mesh_loop(dev)
+            from milo_backend.bench.mesh_loop import bench_fox, bench_mesh_loop
+            pictures = out.parent / "benchmarks"
+            md = bench_mesh_loop(dev, pictures=pictures)
+            if (fox / "transforms.json").is_file():
+                md += bench_fox(dev, fox=fox, picture=pictures / "fox_mesh.png")
         else:  # sfm
             from milo_backend.bench.sfm import bench_sfm
             if not (fox / "images").is_dir():
