@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mesh", action="store_true", help="no mesh in the loop (Gaussians only; ablation)")
     p.add_argument("--no-extract", action="store_true", help="skip the final mesh extraction")
     p.add_argument("--remove-unseen", action="store_true", help="drop final-mesh vertices no camera sees")
+    p.add_argument("--keep-fragments", action="store_true",
+                   help="keep the final mesh's small disconnected pieces (dropped by default: mostly floaters)")
     p.add_argument("--decoupled-appearance", action="store_true",
                    help="per-image appearance network in the L1 term (photos with varying exposure)")
     p.add_argument("--depth-prior", type=Path, default=None, metavar="PATH",
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None,
                    help="SDF refinement steps (default: 1000 scaled like the run's schedule)")
     p.add_argument("--remove-unseen", action="store_true", help="drop vertices that no camera sees")
+    p.add_argument("--keep-fragments", action="store_true",
+                   help="keep the mesh's small disconnected pieces (by default pieces with < 1%% of the faces, "
+                        "mostly floaters, are dropped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
     _add_common(p)
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
                           white_background=args.white_background, seed=args.seed,
                           preview_every=args.preview_every, mesh=not args.no_mesh,
                           extract_mesh=not args.no_extract, remove_unseen=args.remove_unseen,
+                          keep_fragments=args.keep_fragments,
                           decoupled_appearance=args.decoupled_appearance,
                           depth_prior=str(args.depth_prior) if args.depth_prior else None)
         outputs = train(args.data, args.out, cfg, reporter, resume=args.resume)
@@ -130,12 +136,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
                                renderer=args.renderer, white_background=args.white_background)
         reporter.done(images=str(args.out.resolve()), count=len(paths))
     elif cmd == "extract":
-        from milo_backend.extract import extract_run
+        from milo_backend.extract import FRAGMENT_FRACTION, extract_run
 
         if args.run.is_dir():
             reporter.attach_log(args.run / "log.jsonl")
         outputs = extract_run(args.run, reporter, device=args.device, iterations=args.iterations,
-                              remove_unseen=args.remove_unseen, renderer=args.renderer)
+                              remove_unseen=args.remove_unseen, renderer=args.renderer,
+                              fragments=0.0 if args.keep_fragments else FRAGMENT_FRACTION)
         reporter.done(**outputs)
     elif cmd == "eval":
         import json

@@ -118,6 +118,7 @@ class TrainConfig:
     mesh: bool = True                    # mesh in the loop (False: Gaussians only, the ablation's baseline)
     extract_mesh: bool = True            # final mesh at the end of training (extract.py)
     remove_unseen: bool = False          # drop final-mesh vertices that no camera sees
+    keep_fragments: bool = False         # keep the final mesh's small disconnected pieces (extract.py)
     decoupled_appearance: bool = False   # per-image appearance network in the L1 term (appearance.py)
     depth_prior: str | None = None       # TorchScript monocular depth network (depth_prior.py)
     init_points: int = 20_000            # random initialisation (no SfM points); densification grows it

@@ -34,7 +34,7 @@ from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
 from milo_backend.appearance import decoupled_photometric_loss, make_appearance
 from milo_backend.depth_prior import LAMBDA_DEPTH_ORDER, DepthPrior, depth_order_loss
-from milo_backend.extract import final_mesh
+from milo_backend.extract import FRAGMENT_FRACTION, final_mesh
 from milo_backend.mesh_phase import MeshPhase
 from milo_backend.previews import colorize_depth, normals_image, save_loss_curve, save_panel, to_uint8
 from milo_backend.render import render
@@ -314,7 +314,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                "log": str((out / "log.jsonl").resolve())}
     if cfg.extract_mesh:
         outputs.update(final_mesh(mesh, out, lambda c: training_image(images, c, background), sched,
-                                  remove_unseen=cfg.remove_unseen, seed=cfg.seed, reporter=reporter))
+                                  remove_unseen=cfg.remove_unseen, seed=cfg.seed, reporter=reporter,
+                                  fragments=0.0 if cfg.keep_fragments else FRAGMENT_FRACTION))
     return outputs
 
 

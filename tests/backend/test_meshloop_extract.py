@@ -10,7 +10,7 @@ from PIL import Image
 
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter
-from milo_backend.extract import (extract_mesh, fill_from_neighbours, keep_vertices, mesh_stats, seen_by_any_camera,
+from milo_backend.extract import (drop_fragments, extract_mesh, fill_from_neighbours, keep_vertices, mesh_stats, seen_by_any_camera,
                                   write_mesh_outputs)
 from milo_backend.mesh import cull_to_frustum, rasterize_mesh
 from milo_backend.mesh_io import read_mesh
@@ -114,6 +114,26 @@ def test_mesh_stats_of_known_meshes():
     s = mesh_stats(5, fin)
     assert s["non_manifold_edges"] == 1 and s["boundary_edges"] == 6 and s["connected_components"] == 1
     assert mesh_stats(0, np.zeros((0, 3), int))["faces"] == 0
+
+
+def test_small_disconnected_pieces_are_dropped():
+    """A closed surface of 200 faces and two floaters (1 and 4 faces): the floaters go, the surface
+    stays whole and its vertices are renumbered."""
+    n = 100
+    ring = torch.stack([torch.cos(torch.arange(n) * 2 * torch.pi / n), torch.sin(torch.arange(n) * 2 * torch.pi / n),
+                        torch.zeros(n)], 1).double()
+    verts = torch.cat([ring, torch.tensor([[0, 0, 1.0], [0, 0, -1.0]]).double(),
+                       torch.rand(3 + 6, 3).double() + 5])
+    i = torch.arange(n)
+    cap = torch.cat([torch.stack([i, (i + 1) % n, torch.full_like(i, n)], 1),
+                     torch.stack([(i + 1) % n, i, torch.full_like(i, n + 1)], 1)])
+    floaters = torch.tensor([[102, 103, 104], [105, 106, 107], [105, 107, 108], [106, 108, 107], [105, 108, 106]])
+    faces = torch.cat([cap, floaters])
+    v, f, dropped = drop_fragments(verts, faces, 0.01 * 40)  # pieces under 40% of 205 faces
+    assert dropped == 2 and f.shape == (200, 3) and v.shape == (102, 3)
+    assert torch.equal(v[f], verts[cap])
+    assert mesh_stats(len(v), f.numpy())["connected_components"] == 1
+    assert drop_fragments(verts, faces, 0.0)[1].shape == faces.shape  # 0 keeps everything
 
 
 def test_unseen_vertices_are_removed(extracted):

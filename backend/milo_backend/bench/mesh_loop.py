@@ -73,7 +73,7 @@ def _stage_seconds(reporter: NullReporter, stage: str) -> float:
     return events[-1]["time"] - start if start is not None else 0.0
 
 
-def bench_mesh_loop(device: str = "cpu", iterations: int = 1000, size: int = 160, views: int = 48,
+def bench_mesh_loop(device: str = "cpu", iterations: int = 1500, size: int = 160, views: int = 48,
                     workdir: str | Path | None = None, keep: bool = False, pictures: Path | None = None) -> str:
     """The ablation table; with `pictures` (a folder next to BENCHMARKS.md) also both meshes' previews."""
     torch.set_num_threads(min(2, torch.get_num_threads()) if device == "cpu" else torch.get_num_threads())
@@ -109,7 +109,7 @@ def bench_mesh_loop(device: str = "cpu", iterations: int = 1000, size: int = 160
     return md
 
 
-def bench_fox(device: str = "cpu", iterations: int = 1000, max_size: int = 240, fox: Path = FOX,
+def bench_fox(device: str = "cpu", iterations: int = 1500, max_size: int = 240, fox: Path = FOX,
               workdir: str | Path | None = None, picture: Path | None = None) -> str:
     """The real scene (no ground truth): every 8th photo held out; held-out PSNR, mesh statistics, time,
     and the mesh preview copied to `picture` (photo | shaded mesh | vertex colours)."""
@@ -144,7 +144,7 @@ if __name__ == "__main__":  # python -m milo_backend.bench.mesh_loop [cpu|cuda] 
     from milo_backend.bench import write_section
 
     dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-    its = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    its = int(sys.argv[2]) if len(sys.argv) > 2 else 1500
     wd = sys.argv[3] if len(sys.argv) > 3 else None
     text = bench_mesh_loop(dev, its, workdir=wd, keep=wd is not None)
     print(text)
