@@ -266,15 +266,16 @@ def mesh_previews(folder: Path, mesh: ColouredMesh, cameras: Sequence[Camera],
         return []
     verts = torch.from_numpy(mesh.verts)
     faces = torch.from_numpy(mesh.faces)
-    face_rgb = torch.from_numpy(mesh.colors).float().div(255)[faces].mean(dim=1)
+    vert_rgb = torch.from_numpy(mesh.colors).float().div(255)
     paths = []
     for k in sorted({round(i * len(cameras) / n) for i in range(n)}):
         cam = cameras[k]
+        visible = cull_to_frustum(verts, faces, cam)  # face ids below index this list, not `faces`
         with torch.no_grad():
-            r = rasterize_mesh(verts, cull_to_frustum(verts, faces, cam), cam, backend="torch")
+            r = rasterize_mesh(verts, visible, cam, backend="torch")
         covered = (r.face_ids >= 0)[..., None]
         shade = (0.15 + 0.85 * (-r.normals[..., 2:3]).clamp_min(0)) * covered
-        coloured = face_rgb[r.face_ids.clamp_min(0)] * covered
+        coloured = vert_rgb[visible].mean(dim=1)[r.face_ids.clamp_min(0)] * covered
         tiles = [to_uint8(image_fn(cam)), to_uint8(shade.expand(-1, -1, 3)), to_uint8(coloured)]
         paths.append(save_panel(folder / f"mesh_{Path(cam.name).stem}.png", tiles))
     return paths

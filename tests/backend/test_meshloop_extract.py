@@ -211,3 +211,22 @@ def test_extract_command_on_a_run_trained_without_mesh(tmp_path, cli):
     with pytest.raises(MiloError, match="no training run") as e:
         extract_run(tmp_path / "nowhere", NullReporter(), device="cpu")
     assert "train" in e.value.hint
+
+
+def test_mesh_preview_shows_each_face_in_its_own_colour(tmp_path):
+    """The colour panel of `mesh_*.png`: faces the frustum culls must not shift the colours of the
+    visible ones (a red square behind the camera, listed first, and a green one in view)."""
+    from milo_backend.data.camera import Camera, look_at
+    from milo_backend.extract import ColouredMesh, mesh_previews
+
+    square = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float32)
+    verts = np.concatenate([square + [0, 0, 10], square])                 # red one behind the camera
+    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    colors = np.array([[255, 0, 0]] * 4 + [[0, 255, 0]] * 4, np.uint8)
+    cam = Camera("v.png", 32, 32, fx=20, fy=20, cx=16, cy=16, world_to_cam=look_at((0, 0, 3), (0, 0, 0)))
+    [path] = mesh_previews(tmp_path, ColouredMesh(verts, faces, colors), [cam],
+                           lambda c: torch.zeros(32, 32, 3), n=1)
+    panel = np.asarray(Image.open(path))[:, 64:]
+    covered = panel.sum(axis=2) > 0
+    assert covered.mean() > 0.1
+    assert (panel[covered] == [0, 255, 0]).all()
