@@ -158,9 +158,11 @@ def test_malformed_transforms_raise_milo_error(tmp_path, content, match):
 
 
 def test_fox_transforms_parse(tmp_path):
-    fox = Path("/work/shared/data/fox")
+    from milo_backend.bench import shared_data
+
+    fox = shared_data("fox")
     if not (fox / "transforms.json").exists():
-        pytest.skip("fox dataset not available")
+        pytest.skip(f"the shared fox dataset is not at {fox} (set MILO_SHARED_DATA)")
     rep = NullReporter()
     views = read_transforms(fox, rep)
     assert len(views) == 50 and len(rep.of("warning")) == 1  # 17 frames without a photo

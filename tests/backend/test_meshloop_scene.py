@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from milo_backend.data.dataset import load_dataset
 from milo_backend.data.mesh_scene import make_mesh_scene
 from milo_backend.mesh_io import read_mesh
 from milo_backend.bench.mesh_loop import BUNNY
+
+pytestmark = pytest.mark.skipif(not BUNNY.exists(), reason=f"the shared bunny mesh is not at {BUNNY} "
+                                                           "(set MILO_SHARED_DATA to the shared data folder)")
 
 
 def test_mesh_scene_photos_cameras_and_ground_truth_agree(tmp_path):

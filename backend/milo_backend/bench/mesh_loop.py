@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from milo_backend.bench import markdown_table, section_header
+from milo_backend.bench import markdown_table, section_header, shared_data
 from milo_backend.config import TrainConfig
 from milo_backend.data.mesh_scene import make_mesh_scene
 from milo_backend.evaluate import evaluate_run
@@ -26,8 +26,8 @@ from milo_backend.events import NullReporter
 from milo_backend.mesh_metrics import evaluate_mesh
 from milo_backend.train import train
 
-BUNNY = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "meshes" / "bunny.obj"
-FOX = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "fox"
+BUNNY = shared_data("meshes", "bunny.obj")
+FOX = shared_data("fox")
 
 
 def _cpu_seconds() -> float:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from milo_backend.bench import write_section
+from milo_backend.bench import shared_data, write_section
 from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 
-FOX = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "fox"
+FOX = shared_data("fox")
 SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop")
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from milo_backend.bench import markdown_table, section_header, write_section
+from milo_backend.bench import markdown_table, section_header, shared_data, write_section
 from milo_backend.data.colmap import read_colmap
 from milo_backend.data.poses import compare_poses
 from milo_backend.data.sfm import MANIFEST, SfmOptions, run_sfm
 from milo_backend.data.transforms import read_transforms
 from milo_backend.events import NullReporter
 
-FOX = Path("/work/shared/data/fox")
+FOX = shared_data("fox")
 BENCHMARKS = Path("/work/main/BENCHMARKS.md")
 STAGES = ["features", "matching", "mapping", "undistort"]
 COLUMNS = ["configuration"] + [f"{s} s" for s in STAGES] + ["total s", "registered", "reproj. px",
