@@ -136,13 +136,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
                                renderer=args.renderer, white_background=args.white_background)
         reporter.done(images=str(args.out.resolve()), count=len(paths))
     elif cmd == "extract":
-        from milo_backend.extract import FRAGMENT_FRACTION, extract_run
+        from milo_backend.extract import extract_run
 
         if args.run.is_dir():
             reporter.attach_log(args.run / "log.jsonl")
         outputs = extract_run(args.run, reporter, device=args.device, iterations=args.iterations,
                               remove_unseen=args.remove_unseen, renderer=args.renderer,
-                              fragments=0.0 if args.keep_fragments else FRAGMENT_FRACTION)
+                              keep_fragments=args.keep_fragments)
         reporter.done(**outputs)
     elif cmd == "eval":
         import json

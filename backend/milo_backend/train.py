@@ -34,10 +34,10 @@ from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
 from milo_backend.appearance import decoupled_photometric_loss, make_appearance
 from milo_backend.depth_prior import LAMBDA_DEPTH_ORDER, DepthPrior, depth_order_loss
-from milo_backend.extract import FRAGMENT_FRACTION, final_mesh
+from milo_backend.extract import final_mesh
 from milo_backend.mesh_phase import MeshPhase
 from milo_backend.previews import colorize_depth, normals_image, save_loss_curve, save_panel, to_uint8
-from milo_backend.render import render
+from milo_backend.render import Splats, render
 
 
 @dataclass
@@ -184,9 +184,9 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         reporter.artifact("checkpoint", path)
         return path
 
-    def render_at(camera: Camera, with_stats: bool = False):
-        return render(model.splats(), camera, sh_degree=model.active_sh_degree, background=background,
-                      backend=cfg.renderer, with_stats=with_stats)
+    def render_at(camera: Camera, with_stats: bool = False, splats: Splats | None = None):
+        return render(model.splats() if splats is None else splats, camera, sh_degree=model.active_sh_degree,
+                      background=background, backend=cfg.renderer, with_stats=with_stats)
 
     def render_stats(camera: Camera):
         with torch.no_grad():
@@ -222,7 +222,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             set_position_lr(model, it, sched.position_lr_decay_steps, extent)
 
             # the per-Gaussian statistics feed the "blurry" split of the densification window
-            out_r = render_at(cam, with_stats=it <= sched.densify_until)
+            splats = model.splats()  # shared by the render and the flatness term
+            out_r = render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
             out_r.means2d.retain_grad()
             if appearance is None:
                 photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
@@ -233,7 +234,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                 loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
                     out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
                 if cfg.lambda_flat:
-                    loss = loss + cfg.lambda_flat * losses.flatness_loss(model.splats().scales, extent)
+                    loss = loss + cfg.lambda_flat * losses.flatness_loss(splats.scales, extent)
                 if prior is not None:
                     loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
                                                                         extent)
@@ -314,8 +315,8 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                "log": str((out / "log.jsonl").resolve())}
     if cfg.extract_mesh:
         outputs.update(final_mesh(mesh, out, lambda c: training_image(images, c, background), sched,
-                                  remove_unseen=cfg.remove_unseen, seed=cfg.seed, reporter=reporter,
-                                  fragments=0.0 if cfg.keep_fragments else FRAGMENT_FRACTION))
+                                  remove_unseen=cfg.remove_unseen, keep_fragments=cfg.keep_fragments,
+                                  seed=cfg.seed, reporter=reporter))
     return outputs
 
 

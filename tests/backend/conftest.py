@@ -12,6 +12,18 @@ import pytest
 from milo_backend.data.synthetic import make_synthetic_scene
 
 
+@pytest.fixture
+def one_thread():
+    """Tests of many tiny tensor ops: a second intra-op thread only adds contention on a shared machine.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory) -> Path:
     """16 views of 48x48 pixels with a test split (every 8th view), transforms.json + images/."""

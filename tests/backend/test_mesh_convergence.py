@@ -11,13 +11,7 @@ from milo_backend.mesh import delaunay, marching_tetrahedra, pivots, rasterize_m
 
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Hundreds of tiny ops per step: a second intra-op thread only adds contention on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EYES = [(4, 0, 0), (-4, 0, 0), (0, 4, 0), (0, -4, 0), (0.5, 0.3, 4), (0.3, -0.5, -4)]

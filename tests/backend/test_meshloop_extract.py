@@ -19,12 +19,7 @@ from test_meshloop_phase import RADIUS, make_phase, sphere_cameras, sphere_model
 RED, BLUE = (0.9, 0.15, 0.1), (0.1, 0.2, 0.9)
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sphere_photo(cam) -> torch.Tensor:

@@ -142,19 +142,11 @@ def test_eval_gt_command(tmp_path, cli):
 
 def test_readme_documents_extract_eval_gt_and_the_mesh_example():
     """The README's mesh section stays in step with the CLI and with the tested docstring example."""
-    import textwrap
     from pathlib import Path
 
-    import milo_backend.mesh as mesh_module
+    from test_mesh_example import docstring_example
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    lines = mesh_module.__doc__.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("    import torch"))
-    block = []
-    for line in lines[start:]:
-        if line and not line.startswith("    "):
-            break
-        block.append(line)
-    assert textwrap.dedent("\n".join(block)).strip() in readme
+    assert docstring_example().strip() in readme
     for text in ("milo-backend extract OUT", "eval OUT --gt MESH", "mesh_stats.json", "--no-mesh", "--depth-prior"):
         assert text in readme, text

@@ -10,12 +10,7 @@ from milo_backend.depth_prior import DepthPrior, depth_order_loss
 from milo_backend.errors import MiloError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class InverseDepthOfBrightness(torch.nn.Module):

@@ -18,12 +18,7 @@ RADIUS = 0.8
 EYES = [(3, 0, 0.6), (0, 3, -0.6), (-3, 0, 0.6), (0, -3, -0.6), (0.4, 0.3, 3), (0.3, -0.4, -3)]
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # hundreds of tiny ops: a second thread only adds contention here
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sphere_model(n: int = 500, seed: int = 0) -> GaussianModel:

@@ -5,6 +5,7 @@ re-measured independently without touching the others' figures.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 from pathlib import Path
@@ -19,8 +20,6 @@ HEADER = "# Benchmarks\n\nWritten by `milo-backend bench`; each section says whe
 def shared_data(*parts: str) -> Path:
     """A file of the project's read-only sample data (`../shared/data` beside the repository, or
     `MILO_SHARED_DATA`); the first candidate when none has it, so errors name the expected place."""
-    import os
-
     roots = [Path(os.environ["MILO_SHARED_DATA"])] if os.environ.get("MILO_SHARED_DATA") else []
     roots += [Path(__file__).resolve().parents[3].parent / "shared" / "data", Path("/work/shared/data")]
     for root in roots:
