@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sfm", help="structure from motion on a folder of photos -> COLMAP dataset")
     p.add_argument("images", type=Path)
     p.add_argument("out", type=Path)
+    p.add_argument("--threads", type=int, default=-1,
+                   help="CPU threads (default all cores); 1 gives bit-identical results run after run")
     _add_common(p)
 
     p = sub.add_parser("train", help="train Gaussians on a dataset (COLMAP, transforms.json or photos)")
@@ -124,10 +126,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         outputs = train(args.data, args.out, cfg, reporter, resume=args.resume)
         reporter.done(**outputs)
     elif cmd == "sfm":
+        from milo_backend.data.features import SfmOptions
         from milo_backend.data.sfm import run_sfm
 
         reporter.attach_log(args.out / "log.jsonl")
-        result = run_sfm(args.images, args.out, reporter)
+        result = run_sfm(args.images, args.out, reporter, SfmOptions(num_threads=args.threads))
         reporter.done(dataset=str(Path(result).resolve()))
     elif cmd == "render":
         from milo_backend.evaluate import render_cameras

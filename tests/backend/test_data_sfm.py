@@ -113,7 +113,7 @@ def scene(tmp_path_factory) -> tuple[Path, list[Camera]]:
     return folder, cams
 
 
-OPTIONS = SfmOptions(max_image_size=640)
+OPTIONS = SfmOptions(max_image_size=640, num_threads=1)  # single-threaded: reproducible (see SfmOptions)
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +146,14 @@ def test_sfm_registers_every_photo_with_the_true_poses(scene, sfm_run, tmp_path)
     assert err["rotation_max_deg"] < 0.5 and err["center_max_rel"] < 0.01, err
 
 
-def test_sfm_is_deterministic(scene, sfm_run, tmp_path):
+def test_single_threaded_sfm_is_reproducible_from_the_cli(scene, sfm_run, cli, tmp_path):
+    """`milo-backend sfm --threads 1` gives the same cameras and points as the library run with one thread
+    (the photos are under both size limits, so the options agree)."""
     out, _ = sfm_run
-    again = run_sfm(scene[0], tmp_path / "again", NullReporter(), OPTIONS)
+    again = tmp_path / "again"
+    code, events, err = cli.run("sfm", scene[0], again, "--threads", "1")
+    assert code == 0, err
+    assert json.loads((again / "sfm.json").read_text())["registered"] == N_VIEWS
     first, second = (pycolmap.Reconstruction(d / "sparse" / "0") for d in (out, again))
     assert first.num_points3D() == second.num_points3D()
     for image_id, image in first.images.items():

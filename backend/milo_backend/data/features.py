@@ -33,6 +33,10 @@ class SfmOptions:
     (full resolution, 8192 features) take 10.5 min. Matching every pair (up to `exhaustive_max_images`
     photos) works for photos in any order; beyond that each photo is matched with its `sequential_overlap`
     neighbours in name order plus quadratically spaced ones (videos, walk-arounds).
+
+    Reproducibility: with `num_threads=1` and a fixed `seed` two runs give bit-identical cameras and points
+    (COLMAP is deterministic only single-threaded); with more threads feature matching and bundle adjustment
+    finish in a different order and a run may differ by a few points and sub-pixel pose changes.
     """
 
     max_image_size: int = 1024
