@@ -7,7 +7,10 @@ every figure):
 - accuracy: mean distance of prediction samples to the ground truth;
 - completeness: mean distance of ground-truth samples to the prediction;
 - Chamfer: their mean; precision / recall: fractions of those distances below `threshold`, F-score
-  their harmonic mean.
+  their harmonic mean;
+- outliers: the samples further than `OUTLIER_FACTOR` x threshold from the other surface (prediction
+  side: floaters, ground-truth side: holes), their share and the Chamfer distance without them
+  (`chamfer_inliers`), which tells a mesh that is off everywhere from a good mesh with a few far pieces.
 Distances are in units of the ground truth's bounding-box diagonal. The prediction is cropped to the
 ground truth's box grown by the threshold, so background reconstructed around an object is not judged.
 """
@@ -18,6 +21,7 @@ from scipy.spatial import cKDTree
 
 DEFAULT_THRESHOLD = 0.01  # of the ground-truth bbox diagonal
 DEFAULT_SAMPLES = 100_000
+OUTLIER_FACTOR = 3.0  # outliers: further than this many thresholds from the other surface
 
 
 def sample_surface(verts: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -185,11 +189,17 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
     fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     accuracy = float(acc.mean()) if len(acc) else float("inf")
     completeness = float(comp.mean()) if len(comp) else float("inf")
+    far = OUTLIER_FACTOR * threshold
+    acc_in, comp_in = acc[acc <= far], comp[comp <= far]
+    chamfer_inliers = 0.5 * float(acc_in.mean() + comp_in.mean()) if len(acc_in) and len(comp_in) else float("inf")
     return {"accuracy": accuracy, "completeness": completeness, "chamfer": 0.5 * (accuracy + completeness),
             "precision": precision, "recall": recall, "fscore": fscore, "threshold": threshold,
             # median signed distance of the prediction to the ground truth (< 0: inside it): a mesh
             # that is shrunk or inflated as a whole shows here, noise does not
             "offset": float(np.median(acc_signed)) if len(acc_signed) else float("nan"),
+            "outlier_distance": far, "chamfer_inliers": chamfer_inliers,
+            "outliers_prediction": float((acc > far).mean()) if len(acc) else 0.0,
+            "outliers_gt": float((comp > far).mean()) if len(comp) else 0.0,
             "vertices": int(len(pred_verts)), "vertices_in_box": int(in_box.sum()),
             "faces": int(len(pred_faces)), "gt_diagonal": diag, "samples": n_samples,
             "units": "fraction of the ground-truth bounding-box diagonal"}

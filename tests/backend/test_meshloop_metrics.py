@@ -68,6 +68,9 @@ def test_an_offset_surface_has_the_known_error(offset):
     expected = 1.0 if offset < 0.01 else 0.0
     assert m["precision"] == m["recall"] == m["fscore"] == expected
     assert m["offset"] == pytest.approx(offset, rel=0.03)  # grown: outside the ground truth
+    if offset < 0.01:  # (grown by 2%, the sphere pokes out of the crop box: the cut-off parts are holes)
+        # off everywhere by less than the outlier distance: no outliers, the inlier Chamfer is the Chamfer
+        assert m["outliers_prediction"] == m["outliers_gt"] == 0.0 and m["chamfer_inliers"] == m["chamfer"]
     shrunk = mesh_metrics(v * (1 - offset * diag), f, v, f, threshold=0.01, n_samples=5_000)
     assert shrunk["offset"] == pytest.approx(-offset, rel=0.03)
 
@@ -84,6 +87,24 @@ def test_background_outside_the_ground_truth_box_is_not_judged():
     keep = f[(v[f][:, :, 2] > 0).all(axis=1)]
     half = mesh_metrics(v, keep, v, f, n_samples=5_000)
     assert half["precision"] == 1.0 and 0.4 < half["recall"] < 0.6 and half["completeness"] > 0.05
+
+
+def test_far_pieces_and_holes_are_counted_as_outliers():
+    """A floater inside the ground truth's box and a missing cap: the Chamfer distance grows, the inlier
+    Chamfer distance stays near 0 (only the hole's rim counts), and the outlier shares name the two."""
+    v, f = uv_sphere(1.0)
+    # a square of side 0.5 near a corner of the sphere's box, ~0.5 from the sphere (15% of the diagonal)
+    sq = np.array([[0.5, 0.5, 0.95], [0.95, 0.5, 0.95], [0.95, 0.95, 0.95], [0.5, 0.95, 0.95]])
+    sq_f = np.array([[0, 1, 2], [0, 2, 3]]) + len(v)
+    cap = (v[f][:, :, 2] < -0.8).all(axis=1)                # the south cap: a hole of ~10% of the area
+    pred_v, pred_f = np.vstack([v, sq]), np.vstack([f[~cap], sq_f])
+    m = mesh_metrics(pred_v, pred_f, v, f, n_samples=20_000)
+    assert m["chamfer_inliers"] < 0.1 * m["chamfer"] and m["chamfer"] > 0.003
+    floater_area, sphere_area = 0.45 ** 2, 4 * np.pi
+    assert m["outliers_prediction"] == pytest.approx(floater_area / (floater_area + 0.9 * sphere_area), abs=0.005)
+    # the cap's samples further than 3% of the diagonal from its rim (z < -0.8 cut, rim radius 0.6)
+    assert 0.05 < m["outliers_gt"] < 0.1
+    assert m["outlier_distance"] == pytest.approx(0.03)
 
 
 def test_ply_and_obj_round_trip(tmp_path):
