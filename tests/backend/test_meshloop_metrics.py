@@ -93,7 +93,7 @@ def test_far_pieces_and_holes_are_counted_as_outliers():
     """A floater inside the ground truth's box and a missing cap: the Chamfer distance grows, the inlier
     Chamfer distance stays near 0 (only the hole's rim counts), and the outlier shares name the two."""
     v, f = uv_sphere(1.0)
-    # a square of side 0.5 near a corner of the sphere's box, ~0.5 from the sphere (15% of the diagonal)
+    # a square of side 0.45 near a corner of the sphere's box, 5-19% of the diagonal from the sphere
     sq = np.array([[0.5, 0.5, 0.95], [0.95, 0.5, 0.95], [0.95, 0.95, 0.95], [0.5, 0.95, 0.95]])
     sq_f = np.array([[0, 1, 2], [0, 2, 3]]) + len(v)
     cap = (v[f][:, :, 2] < -0.8).all(axis=1)                # the south cap: a hole of ~10% of the area
