@@ -5,13 +5,21 @@ budget, so `--iterations 2000` runs the same sequence of phases, just shorter (t
 its absolute iteration numbers whatever `--iterations` says). Intervals (densify every 100, Delaunay
 every 500, ...) scale the same way, so each phase sees the same number of events, except that a
 densification step always accumulates gradients over at least 10 views (short runs would otherwise
-densify after every single image, from one view's noisy gradients).
+densify after every single image, from one view's noisy gradients), and that the depth
+re-initialisation is skipped where its scaled iteration comes too early (`MIN_DEPTH_REINIT_ITERATION`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 BASE_ITERATIONS = 18_000
+# The depth re-initialisation replaces every Gaussian by samples of the current renders, so the renders
+# must have settled first. Scaled into a 1500-iteration run it comes at iteration 167, when 18% of the
+# bunny bench's background pixels still render far in front of the background (2-3% from iteration ~700
+# on); resampling them there froze a shell of background Gaussians around the object that the mesh then
+# wrapped (Chamfer 0.76% with it, 0.54% without; BENCHMARKS.md). Schedules that would place it earlier
+# than this iteration (under 9,000 iterations) skip it; the published 18k schedule keeps it at 2000.
+MIN_DEPTH_REINIT_ITERATION = 1000
 
 # name -> (max pivots, max Gaussians). Pivot budgets are the published ones; the Gaussian cap keeps a
 # preset's memory bounded (the published code has no cap; densification stops growing past it).
@@ -50,7 +58,9 @@ class Schedule:
     @property
     def aggressive_clone_every(self) -> int: return self.every(250, floor=25)
     @property
-    def depth_reinit_at(self) -> int: return self.at(2000)
+    def depth_reinit_at(self) -> int | None:
+        at = self.at(2000)
+        return at if at >= MIN_DEPTH_REINIT_ITERATION else None
     @property
     def full_resolution_from(self) -> int: return self.at(3000)
     @property

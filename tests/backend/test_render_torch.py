@@ -10,6 +10,7 @@ from milo_backend.bench.render import random_scene
 from milo_backend.data.camera import Camera, look_at
 from milo_backend.render import Splats, render
 from milo_backend.render import composite as composite_module
+from milo_backend.render.composite import MEDIAN_TRANSMITTANCE
 
 
 # -- independent reference: every pixel x every Gaussian, numpy float64, one pixel at a time ------------
@@ -65,7 +66,7 @@ def reference_render(splats: Splats, camera: Camera, sh_degree: int, background=
                 acc += wgt * colors[i]
                 depth += wgt * pc[i, 2]
                 nacc += wgt * normal[i]
-                if T >= 0.5 > T * (1 - alpha):
+                if T >= MEDIAN_TRANSMITTANCE > T * (1 - alpha):
                     out["depth_median"][py, px] = pc[i, 2]
                 if wgt > best:
                     best, max_id[py, px] = wgt, i

@@ -225,7 +225,7 @@ def surface_samples(model: GaussianModel, camera: Camera, out: RenderOutput, ima
     Pixels are drawn without replacement with probability proportional to the rendered alpha; each
     becomes the point where its ray meets the peak of the pixel's max-weight Gaussian. We use that
     Gaussian's hit rather than the median depth because sampling by alpha also draws pixels with
-    alpha < 0.5, where the median depth does not exist, and the hit is on an actual Gaussian (not
+    alpha < 1 - MEDIAN_TRANSMITTANCE, where the median depth does not exist, and the hit is on an actual Gaussian (not
     between two at a depth edge), as in Mini-Splatting's depth re-initialisation.
     """
     if out.max_weight_id is None:

@@ -29,7 +29,7 @@ class Splats(NamedTuple):
 class RenderOutput:
     color: torch.Tensor           # (H,W,3) premultiplied colour + (1-alpha) * background
     alpha: torch.Tensor           # (H,W,1) accumulated opacity
-    depth_median: torch.Tensor    # (H,W,1) camera z where transmittance crosses 0.5 (0 where never)
+    depth_median: torch.Tensor    # (H,W,1) camera z where transmittance crosses MEDIAN_TRANSMITTANCE (0 where never)
     depth_expected: torch.Tensor  # (H,W,1) sum(w z) / sum(w)  (0 where alpha ~ 0)
     normals: torch.Tensor         # (H,W,3) view-space unit normals (composited, renormalised; 0 where empty)
     means2d: torch.Tensor         # (N,2) projected centres in pixels; grad (retain_grad) drives densification

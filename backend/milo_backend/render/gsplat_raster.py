@@ -12,8 +12,9 @@ It calls gsplat's building blocks (`fully_fused_projection`, `isect_tiles`, `ise
   The median depth is then a gather of the differentiable camera z of the chosen Gaussian, so it has
   gradients w.r.t. the means, as in the torch path.
 Differences from the torch path are float rounding only: gsplat accumulates T in float32 one Gaussian at a
-time, the compositor in float64 sums, so a pixel sitting exactly on a threshold (alpha = 1/255, T = 0.5 or
-1e-4) can resolve differently. Where the radius is 0 (culled), gsplat leaves means2d undefined.
+time, the compositor in float64 sums, so a pixel sitting exactly on a threshold (alpha = 1/255,
+T = MEDIAN_TRANSMITTANCE or 1e-4) can resolve differently. Where the radius is 0 (culled), gsplat leaves
+means2d undefined.
 Importable without CUDA; calling it needs CUDA tensors and compiled gsplat kernels.
 """
 from __future__ import annotations
