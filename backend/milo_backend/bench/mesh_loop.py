@@ -24,9 +24,9 @@ from milo_backend.data.mesh_scene import make_mesh_scene
 from milo_backend.evaluate import evaluate_run
 from milo_backend.events import NullReporter
 from milo_backend.mesh_metrics import OUTLIER_FACTOR, evaluate_mesh
+from milo_backend.train import train
 
 THRESHOLD = 0.01  # F-score threshold, of the ground truth's bbox diagonal
-from milo_backend.train import train
 
 BUNNY = shared_data("meshes", "bunny.obj")
 FOX = shared_data("fox")
