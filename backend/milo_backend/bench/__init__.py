@@ -40,6 +40,16 @@ def section_header(title: str, command: str, device: str = "cpu") -> str:
     return f"## {title}\n\n{today} · {machine_description(device)} · `{command}`\n\n"
 
 
+def peak_memory_gb(device: str) -> tuple[float, float | None]:
+    """(peak resident memory of this process so far, peak GPU memory allocated by torch since the last
+    `torch.cuda.reset_peak_memory_stats()`, None off CUDA), in GiB."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return rss, gpu
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0].keys())
     def fmt(v):

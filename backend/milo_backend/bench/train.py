@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from milo_backend.bench import markdown_table, section_header
+from milo_backend.bench import markdown_table, peak_memory_gb, section_header
 from milo_backend.config import TrainConfig
 from milo_backend.data.synthetic import make_synthetic_scene
 from milo_backend.evaluate import evaluate_run
@@ -29,11 +26,11 @@ def bench_train(device: str = "cpu", iterations: int = 1000, size: int = 96, vie
         seconds = time.perf_counter() - t0
         metrics = evaluate_run(Path(tmp) / "run", NullReporter(), device=device)
         final = rep.of("progress")[-1]
-        peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        peak_rss, peak_gpu = peak_memory_gb(device)
         load = os.getloadavg()[0]
         rows.append({"scene": f"synthetic {views} views {size}px (transforms.json)", "iterations": iterations,
                      "s/iter": seconds / iterations, "total s": seconds,
-                     "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                     "peak RSS GB": peak_rss,
                      "peak GPU GB": "-" if peak_gpu is None else f"{peak_gpu:.2f}",
                      "Gaussians": final.get("gaussians"), "held-out PSNR": metrics["psnr"],
                      "held-out SSIM": metrics["ssim"], "load avg": f"{load:.1f}"})
