@@ -8,6 +8,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 from pathlib import Path
 
 import torch
@@ -40,14 +41,12 @@ def section_header(title: str, command: str, device: str = "cpu") -> str:
     return f"## {title}\n\n{today} · {machine_description(device)} · `{command}`\n\n"
 
 
-def peak_memory_gb(device: str) -> tuple[float, float | None]:
-    """(peak resident memory of this process so far, peak GPU memory allocated by torch since the last
-    `torch.cuda.reset_peak_memory_stats()`, None off CUDA), in GiB."""
-    import resource
-
+def peak_memory(device: str = "cpu") -> dict:
+    """Table cells, in GiB: the peak resident memory of this process so far, and on CUDA the peak GPU
+    memory torch allocated since the last `torch.cuda.reset_peak_memory_stats()` ("-" elsewhere)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return rss, gpu
+    gpu = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if device.startswith("cuda") else "-"
+    return {"peak RSS GB": rss, "peak GPU GB": gpu}
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
 import time
 
 import numpy as np
 import torch
 
-from milo_backend.bench import markdown_table, section_header
+from milo_backend.bench import markdown_table, peak_memory, section_header
 
 DELAUNAY_CASES = [(100_000, "shull"), (100_000, "scipy"), (1_000_000, "shull")]
 STEP_PIVOTS = [100_000, 1_000_000]
@@ -56,7 +55,7 @@ def _in_child(fn, *args) -> dict:
 def _measured(fn, *args) -> dict:
     torch.set_num_threads(THREADS)
     row = fn(*args)
-    row["peak RSS GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["peak RSS GB"] = peak_memory()["peak RSS GB"]
     return row
 
 
@@ -126,4 +125,4 @@ def _step_case(n_pivots: int, device: str, raster: str, repeats: int = 3) -> dic
             "mesh faces": f"{len(mesh.faces):,}", "faces in view": f"{len(faces):,}",
             "Delaunay s": t_delaunay, "pivots+MT s": best["mt"], "cull+raster s": best["raster"],
             "backward s": best["backward"], "step s": best["total"],
-            "peak GPU GB": f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if device == "cuda" else "-"}
+            "peak GPU GB": peak_memory(device)["peak GPU GB"]}

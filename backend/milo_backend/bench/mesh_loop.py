@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from milo_backend.bench import markdown_table, peak_memory_gb, section_header, shared_data
+from milo_backend.bench import markdown_table, peak_memory, section_header, shared_data
 from milo_backend.config import TrainConfig
 from milo_backend.data.mesh_scene import make_mesh_scene
 from milo_backend.evaluate import evaluate_run
@@ -149,7 +149,7 @@ def bench_fox(device: str = "cpu", fox: Path = FOX, workdir: str | Path | None =
     wall, cpu = time.perf_counter(), _cpu_seconds()
     train(fox / "images" if run["from_photos"] else fox, out, cfg, reporter)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-    peak_rss, peak_gpu = peak_memory_gb(device)
+    memory = peak_memory(device)
     images = evaluate_run(out, NullReporter(), device=device)
     stats = json.loads((out / "mesh_stats.json").read_text())
     shown = copy_mesh_preview(out, picture)
@@ -158,7 +158,7 @@ def bench_fox(device: str = "cpu", fox: Path = FOX, workdir: str | Path | None =
     row = {"scene": f"fox, {source}, {images['views']} held-out of 50, longest side {run['max_size']} px",
            "preset": run["preset"], "iterations": run["iterations"], "photos to mesh s": wall,
            "s per stage": " · ".join(f"{k} {v:.0f}" for k, v in stage_seconds(reporter.events).items()),
-           "CPU s": cpu, "peak RSS GB": peak_rss, "peak GPU GB": "-" if peak_gpu is None else f"{peak_gpu:.2f}",
+           "CPU s": cpu, **memory,
            "Gaussians": final["gaussians"], "held-out PSNR": images["psnr"], "held-out SSIM": images["ssim"],
            **{k: stats[k] for k in ("vertices", "faces", "connected_components")}}
     md = (f"\nReal scene (`{fox.name}`, no ground truth), with the mesh in the loop (stages: `mesh` is the "

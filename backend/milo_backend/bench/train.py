@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from milo_backend.bench import markdown_table, peak_memory_gb, section_header
+from milo_backend.bench import markdown_table, peak_memory, section_header
 from milo_backend.config import TrainConfig
 from milo_backend.data.synthetic import make_synthetic_scene
 from milo_backend.evaluate import evaluate_run
@@ -26,12 +26,10 @@ def bench_train(device: str = "cpu", iterations: int = 1000, size: int = 96, vie
         seconds = time.perf_counter() - t0
         metrics = evaluate_run(Path(tmp) / "run", NullReporter(), device=device)
         final = rep.of("progress")[-1]
-        peak_rss, peak_gpu = peak_memory_gb(device)
         load = os.getloadavg()[0]
         rows.append({"scene": f"synthetic {views} views {size}px (transforms.json)", "iterations": iterations,
                      "s/iter": seconds / iterations, "total s": seconds,
-                     "peak RSS GB": peak_rss,
-                     "peak GPU GB": "-" if peak_gpu is None else f"{peak_gpu:.2f}",
+                     **peak_memory(device),
                      "Gaussians": final.get("gaussians"), "held-out PSNR": metrics["psnr"],
                      "held-out SSIM": metrics["ssim"], "load avg": f"{load:.1f}"})
     cmd = f"milo-backend bench train --device {device}"
