@@ -21,14 +21,14 @@ from milo_backend.config import SMALLER_PRESET, TrainConfig
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
 from milo_backend.data.images import ImageCache
-from milo_backend.data.transforms import triangulate_known_poses
+from milo_backend.data.transforms import MIN_TRIANGULATED_POINTS, triangulate_known_poses
 from milo_backend.device import select_device
 from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
 from milo_backend.gaussians import densify
 from milo_backend.gaussians.filter3d import compute_filter_3d
 from milo_backend.gaussians.importance import gather_weight_stats, importance_scores
-from milo_backend.gaussians.init import init_from_points, random_points_in_view
+from milo_backend.gaussians.init import init_from_points, init_random, random_start_count, sparse_depth_range
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
@@ -87,26 +87,29 @@ def prepare_output(out: Path, resume: bool) -> None:
 def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device,
                   max_gaussians: int) -> GaussianModel:
     """Gaussians at the SfM points; for posed inputs without points (NeRF), at points triangulated with
-    the known poses; failing that, random points inside the region the cameras see."""
+    the known poses. With fewer than MIN_TRIANGULATED_POINTS of them (synthetic or textureless scenes),
+    random points inside the region the cameras see, between the depths the few points found (if any),
+    plus those points."""
     points, colors = dataset.points, dataset.point_colors
     if points is None and dataset.kind == "transforms":
         reporter.stage("triangulate", "Triangulating points with the known camera poses")
-        points, colors = triangulate_known_poses(dataset, out, reporter) or (None, None)
-    if points is not None and len(points) >= 100:
-        pts = torch.as_tensor(points, dtype=torch.float32)
-        cols = torch.as_tensor(colors, dtype=torch.float32)
-        reporter.log(f"initialising {len(pts)} Gaussians from the sparse point cloud")
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        # seen by half of the cameras: the region they all look at, not floaters just in front of one
-        cams = dataset.train_cameras
-        n = min(cfg.init_points, max_gaussians)
-        pts = torch.as_tensor(random_points_in_view(cams, n, rng, min_views=max(2, len(cams) // 2)),
-                              dtype=torch.float32)
-        cols = torch.full_like(pts, 0.5)
-        reporter.warning("no sparse points: initialising Gaussians at random inside the cameras' view",
-                         hint="a COLMAP model or photos (SfM) give a better start")
-    return init_from_points(pts.to(device), cols.to(device))
+        points, colors = triangulate_known_poses(dataset, out, reporter, min_points=1) or (None, None)
+    if points is not None and len(points) >= MIN_TRIANGULATED_POINTS:
+        reporter.log(f"initialising {len(points)} Gaussians from the sparse point cloud")
+        return init_from_points(torch.as_tensor(points, dtype=torch.float32).to(device),
+                                torch.as_tensor(colors, dtype=torch.float32).to(device))
+    cams = dataset.train_cameras
+    found = 0 if points is None else len(points)
+    depth_range = sparse_depth_range(points, cams) if found else None
+    n = random_start_count(cams, min(cfg.init_points, max_gaussians))
+    reporter.warning(f"only {found} sparse points: starting from {n} random Gaussians inside the cameras' view"
+                     + (f" at depths {depth_range[0]:.3g}-{depth_range[1]:.3g} (where the points are)"
+                        if depth_range else ""),
+                     hint="a COLMAP model or photos (SfM) give a better start")
+    # seen by half of the cameras: the region they all look at, not floaters just in front of one
+    return init_random(cams, n, np.random.default_rng(cfg.seed), min_views=max(2, len(cams) // 2),
+                       depth_range=depth_range, seed_points=points if found else None,
+                       seed_colors=colors if found else None, device=device)
 
 
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, reporter: Reporter, resume: bool = False) -> dict:

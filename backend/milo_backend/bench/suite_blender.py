@@ -205,6 +205,8 @@ def main(job_path: str) -> None:
     sc.cycles.device = "CPU"
     sc.cycles.samples = job["samples"]
     sc.cycles.use_denoising = False
+    sc.cycles.max_bounces = 3                                # diffuse scenes: more bounces add time, not looks
+    sc.cycles.use_adaptive_sampling = True
     sc.cycles.seed = 0
     sc.view_settings.view_transform = "Standard"             # plain sRGB: the photo is the colour
     sc.render.image_settings.file_format = "PNG"

@@ -69,7 +69,7 @@ def suite_cameras(scene: SuiteScene, n_views: int = VIEWS, size: int = SIZE):
 
 
 def make_suite_scene(name: str, out_dir: str | Path, bunny: str | Path | None = None, n_views: int = VIEWS,
-                     size: int = SIZE, samples: int = 128, reporter=None) -> Path:
+                     size: int = SIZE, samples: int = 64, reporter=None) -> Path:
     """Render scene `name` into `out_dir` (skipped when its transforms.json exists). Returns `out_dir`."""
     from milo_backend.data.synthetic import write_posed_scene
     from milo_backend.errors import MiloError
