@@ -17,7 +17,7 @@ import torch
 from milo_backend import losses
 from milo_backend.atomic import write_json
 from milo_backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from milo_backend.config import SMALLER_PRESET, TrainConfig
+from milo_backend.config import MIN_GAUSSIANS_PER_VIEW_PIXEL, SMALLER_PRESET, TrainConfig
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
 from milo_backend.data.images import ImageCache
@@ -27,7 +27,7 @@ from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
 from milo_backend.gaussians import densify
 from milo_backend.gaussians.filter3d import compute_filter_3d
-from milo_backend.gaussians.importance import gather_weight_stats, importance_scores
+from milo_backend.gaussians.importance import fallback_scores, gather_weight_stats, scores_from_stats
 from milo_backend.gaussians.init import init_from_points, init_random, random_start_count, sparse_depth_range
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import make_optimizers, set_position_lr
@@ -145,6 +145,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     # 3DGS scenes end near 1/40 (e.g. 5M Gaussians for 200M pixels), more cannot be constrained by the
     # photos, and small CPU runs would otherwise densify without bound.
     max_gaussians = min(cfg.budgets["max_gaussians"], sum(c.width * c.height for c in cams) // 16)
+    min_gaussians = min(max_gaussians, int(MIN_GAUSSIANS_PER_VIEW_PIXEL * max(c.width * c.height for c in cams)))
     images = ImageCache()
     background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
     state = RunState()
@@ -281,13 +282,13 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                 make_optimizers(model, extent)
                 changed = True
             if it == sched.simplify_at:
-                scores, _ = importance_scores(render_stats, train_cameras(it), len(model), scene=cfg.scene)
-                densify.simplify(model, scores, keep_fraction=cfg.simplify_keep_fraction)
+                simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
+                                       keep_fraction=cfg.simplify_keep_fraction)
                 make_optimizers(model, extent)  # as the published code: fresh Adam after simplification
                 changed = True
-            if it == sched.simplify2_at:
-                scores, _ = importance_scores(render_stats, train_cameras(it), len(model), scene=cfg.scene)
-                densify.simplify(model, scores, keep_mass=0.99)  # drop the bottom 1% of importance
+            if it == sched.simplify2_at:  # drop the bottom 1% of importance
+                simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
+                                       keep_mass=0.99)
                 changed = True
             if changed:
                 stats = densify.DensifyStats.empty(len(model), device)
@@ -321,6 +322,15 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                                   remove_unseen=cfg.remove_unseen, keep_fragments=cfg.keep_fragments,
                                   seed=cfg.seed, reporter=reporter))
     return outputs
+
+
+def simplify_by_importance(model: GaussianModel, render_stats, cameras: list[Camera], scene: str, min_keep: int,
+                           **rule) -> int:
+    """One simplification (`rule`: keep_fraction or keep_mass) on importance scores over `cameras`,
+    keeping at least `min_keep` Gaussians. Returns how many were removed."""
+    stats = gather_weight_stats(render_stats, cameras, len(model))
+    return densify.simplify(model, scores_from_stats(stats, scene), min_keep=min_keep,
+                            fallback=fallback_scores(stats), **rule)
 
 
 def training_image(images: ImageCache, camera: Camera, background: torch.Tensor) -> torch.Tensor:

@@ -221,3 +221,53 @@ def test_weighted_sampling_without_replacement_follows_the_weights():
     both = weighted_sample_without_replacement(w, 10, g)
     assert sorted(both.tolist()) == [0, 1, 2, 3]  # distinct, zero weight never drawn
     assert densify.weighted_sample_without_replacement(torch.zeros(3), 2).numel() == 0
+
+
+def test_simplification_of_a_faint_random_fog_keeps_the_floor_and_the_image():
+    """After a random start most Gaussians are faint layers that never dominate a pixel; the keep rule
+    counts only dominating ones. The floor (MIN_GAUSSIANS_PER_VIEW_PIXEL) keeps a sane set that still
+    covers the image; without it the same fog collapses to a few percent."""
+    from milo_backend.config import MIN_GAUSSIANS_PER_VIEW_PIXEL
+    from milo_backend.render import render
+    from milo_backend.train import simplify_by_importance
+
+    rng = np.random.default_rng(0)
+    cams = [make_camera((4 * math.cos(a), 4 * math.sin(a), 1.5), width=40, height=40, focal=50.0, name=f"c{i}")
+            for i, a in enumerate(np.linspace(0, 2 * math.pi, 8, endpoint=False))]
+    n = 8000
+    means = rng.uniform(-1, 1, (n, 3))
+
+    def fog():
+        m = model_of(means, [[math.log(0.12)]] * n, rng.uniform(0.01, 0.05, n))
+        m.state["filter_3d"] = torch.zeros(n)
+        return m
+
+    def render_stats(cam, m):
+        with torch.no_grad():
+            return render(m.splats(), cam, sh_degree=0, background=torch.zeros(3), backend="torch", with_stats=True)
+
+    floor = int(MIN_GAUSSIANS_PER_VIEW_PIXEL * 40 * 40)
+    alpha_before = float(render_stats(cams[0], fog()).alpha.mean())
+    collapsed, kept = fog(), fog()
+    simplify_by_importance(collapsed, lambda c: render_stats(c, collapsed), cams, "outdoor", 0, keep_fraction=0.6)
+    simplify_by_importance(kept, lambda c: render_stats(c, kept), cams, "outdoor", floor, keep_fraction=0.6)
+    assert len(collapsed) < min(floor, 0.1 * n)  # the published rule alone: the fog collapses
+    assert len(kept) == floor                 # the floor holds, and no more is kept than it asks
+    # what survives makes more of the image than what the rule alone keeps
+    alpha_kept, alpha_collapsed = (float(render_stats(cams[0], m).alpha.mean()) for m in (kept, collapsed))
+    assert alpha_collapsed < alpha_kept < alpha_before
+    # the second simplification (drop the bottom 1% of the mass) keeps the floor too
+    simplify_by_importance(kept, lambda c: render_stats(c, kept), cams, "outdoor", floor, keep_mass=0.99)
+    assert len(kept) == floor
+
+
+def test_simplify_floor_brings_back_dominating_gaussians_before_the_others():
+    m = model_of(torch.randn(6, 3), [[-3.0]] * 6, [0.5] * 6)
+    m.params["means"].data[:, 0] = torch.arange(6, dtype=torch.float32)
+    scores = torch.tensor([5.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    fallback = torch.tensor([0.0, 0.0, 3.0, 0.0, 9.0, 1.0])  # index 3: seen in one view only
+    simplify(m, scores, keep_mass=0.5, min_keep=4, fallback=fallback)
+    assert sorted(m.params["means"][:, 0].long().tolist()) == [0, 1, 2, 4]
+    m = model_of(torch.randn(3, 3), [[-3.0]] * 3, [0.5] * 3)
+    simplify(m, torch.zeros(3), keep_fraction=0.6, min_keep=10, fallback=torch.tensor([1.0, 0.0, 2.0]))
+    assert len(m) == 2  # never more than the eligible ones

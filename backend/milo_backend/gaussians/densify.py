@@ -288,14 +288,19 @@ def depth_reinit(model: GaussianModel, cameras: Sequence[Camera],
 # -- simplification --------------------------------------------------------------------------------------
 @torch.no_grad()
 def simplify(model: GaussianModel, scores: torch.Tensor, *, keep_fraction: float | None = None,
-             keep_mass: float | None = None, generator: torch.Generator | None = None) -> int:
+             keep_mass: float | None = None, min_keep: int = 0, fallback: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> int:
     """Keep the important Gaussians; returns how many were removed. Exactly one of:
 
     - `keep_fraction` (base config, 0.6): sample that fraction of the Gaussians with a positive score,
       without replacement, with probability proportional to the score (Mini-Splatting's count);
     - `keep_mass` (dense config and second simplification, 0.99): keep the highest scores that make up
       that fraction of the total score, i.e. drop the bottom 1% of the importance mass.
-    Gaussians with score 0 are always removed.
+    Gaussians with score 0 are removed, except that at least `min_keep` survive (fewer only if fewer
+    are eligible): the rule alone keeps a share of the Gaussians that dominate some pixel, and after a
+    random start most Gaussians are faint layers that dominate none although together they make the
+    image (measured: 67,200 -> 2,312, BENCHMARKS.md). Up to `min_keep`, the dropped positive scores
+    come back first (highest first), then the Gaussians with a positive `fallback` (highest first).
     """
     if (keep_fraction is None) == (keep_mass is None):
         raise ValueError("give exactly one of keep_fraction or keep_mass")
@@ -303,15 +308,25 @@ def simplify(model: GaussianModel, scores: torch.Tensor, *, keep_fraction: float
     if scores.shape[0] != len(model):
         raise ValueError(f"{scores.shape[0]} scores for {len(model)} Gaussians")
     positive = int((scores > 0).sum())
-    if positive == 0:
+    if positive == 0 and (fallback is None or not bool((fallback > 0).any())):
         raise MiloError("simplification found no Gaussian that dominates a pixel in two training views",
                         "training has diverged or the cameras do not see the scene: resume from an "
                         "earlier checkpoint or check the camera poses")
-    if keep_fraction is not None:
-        keep = torch.zeros(len(model), dtype=torch.bool, device=model.device)
+    keep = torch.zeros(len(model), dtype=torch.bool, device=model.device)
+    if positive and keep_fraction is not None:
         keep[weighted_sample_without_replacement(scores, round(keep_fraction * positive), generator)] = True
-    else:
+    elif positive:
         keep = top_mass_mask(scores, keep_mass)
+    missing = min(int(min_keep), len(model)) - int(keep.sum())
+    if missing > 0:
+        # rank: positive scores above every fallback-only one (1 + s/max in (1,2], fallback/max in [0,1))
+        rank = torch.where(scores > 0, 1 + scores / scores.max().clamp_min(1e-30), torch.zeros_like(scores))
+        if fallback is not None:
+            fb = fallback.to(scores)
+            rank = torch.where(scores > 0, rank, 0.999 * fb / fb.max().clamp_min(1e-30))
+        rank = torch.where(keep | (rank <= 0), torch.full_like(rank, -1.0), rank)
+        extra = torch.topk(rank, min(missing, int((rank > 0).sum()))).indices
+        keep[extra] = True
     removed = int((~keep).sum())
     ops.remove(model, ~keep)
     return removed

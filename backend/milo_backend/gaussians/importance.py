@@ -66,6 +66,14 @@ def scores_from_stats(stats: WeightStats, scene: str = "outdoor") -> torch.Tenso
     return torch.where(useless, torch.zeros_like(score), score).float()
 
 
+def fallback_scores(stats: WeightStats) -> torch.Tensor:
+    """Blending weight (summed over its pixels) per view it is seen in, of the Gaussians seen in 2+ views
+    (0 for the others): how the simplification ranks Gaussians that never dominate a pixel when it must keep more
+    than the dominating ones (`densify.simplify(min_keep=...)`)."""
+    score = stats.weight_sum / stats.views_seen.clamp_min(1)
+    return torch.where(stats.views_seen > 1, score, torch.zeros_like(score)).float()
+
+
 @torch.no_grad()
 def importance_scores(render_fn: Callable[[Camera], RenderOutput], cameras: Sequence[Camera], n: int,
                       scene: str = "outdoor", reporter: Reporter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
