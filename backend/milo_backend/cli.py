@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--gt", type=Path, default=None, metavar="MESH",
                    help="ground-truth mesh (.ply/.obj): accuracy, completeness, Chamfer, F-score of OUT/mesh.ply")
+    p.add_argument("--crop", type=Path, default=None, metavar="BOX.json",
+                   help='with --gt: judge only inside this box, a JSON file {"lo": [x,y,z], "hi": [x,y,z]} '
+                        "(default: the ground truth's box grown by the threshold)")
     p.add_argument("--threshold", type=float, default=0.01,
                    help="F-score distance threshold, as a fraction of the ground truth's bbox diagonal")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("bench", help="run benchmarks and write their tables to BENCHMARKS.md")
-    p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop (default train)")
+    p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop suite (default train)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--fox", type=Path, default=None, help="the fox dataset folder (sfm and GPU benchmarks)")
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         from milo_backend.mesh_metrics import evaluate_mesh
 
         if args.gt is not None:
-            metrics = evaluate_mesh(args.run, args.gt, threshold=args.threshold, reporter=reporter)
+            metrics = evaluate_mesh(args.run, args.gt, threshold=args.threshold, reporter=reporter, crop=args.crop)
         else:
             metrics = evaluate_run(args.run, reporter, device=args.device)
         if not args.json:

@@ -159,13 +159,18 @@ def bbox_diagonal(verts: np.ndarray) -> float:
 
 
 def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.ndarray, gt_faces: np.ndarray,
-                 threshold: float = DEFAULT_THRESHOLD, n_samples: int = DEFAULT_SAMPLES, seed: int = 0) -> dict:
-    """Accuracy, completeness, Chamfer, precision, recall, F-score (see the module docstring)."""
+                 threshold: float = DEFAULT_THRESHOLD, n_samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                 crop: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Accuracy, completeness, Chamfer, precision, recall, F-score (see the module docstring).
+
+    `crop` (lo, hi): judge both surfaces inside this box only, instead of the ground truth's box grown by
+    the threshold (e.g. objects standing on a ground that is not scored: the box starts above it)."""
     pred_verts, gt_verts = np.asarray(pred_verts, np.float64), np.asarray(gt_verts, np.float64)
     pred_faces, gt_faces = np.asarray(pred_faces, np.int64), np.asarray(gt_faces, np.int64)
     diag = bbox_diagonal(gt_verts)
     tol = threshold * diag
-    lo, hi = gt_verts.min(axis=0) - tol, gt_verts.max(axis=0) + tol
+    lo, hi = (gt_verts.min(axis=0) - tol, gt_verts.max(axis=0) + tol) if crop is None else \
+        (np.asarray(crop[0], np.float64), np.asarray(crop[1], np.float64))
     in_box = (pred_verts >= lo).all(axis=1) & (pred_verts <= hi).all(axis=1) if len(pred_verts) else \
         np.zeros(0, dtype=bool)
     # Faces whose bounding box meets the grown box: the part of the prediction that is judged.
@@ -180,6 +185,8 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
     pred_pts = sample_surface(pred_verts, judged, n_samples, seed)
     pred_pts = pred_pts[(pred_pts >= lo).all(axis=1) & (pred_pts <= hi).all(axis=1)]
     gt_pts = sample_surface(gt_verts, gt_faces, n_samples, seed)
+    if crop is not None:
+        gt_pts = gt_pts[(gt_pts >= lo).all(axis=1) & (gt_pts <= hi).all(axis=1)]
     acc_signed = SurfaceDistance(gt_verts, gt_faces, resolution).signed(pred_pts) / diag
     acc = np.abs(acc_signed)
     comp = SurfaceDistance(pred_verts, judged, resolution)(gt_pts) / diag
@@ -205,10 +212,34 @@ def mesh_metrics(pred_verts: np.ndarray, pred_faces: np.ndarray, gt_verts: np.nd
             "units": "fraction of the ground-truth bounding-box diagonal"}
 
 
+def read_crop(path) -> tuple[np.ndarray, np.ndarray]:
+    """A crop box file: JSON {"lo": [x, y, z], "hi": [x, y, z]} (the scene suite writes one per scene)."""
+    import json
+    from pathlib import Path
+
+    from milo_backend.errors import MiloError
+
+    try:
+        box = json.loads(Path(path).read_text(encoding="utf-8"))
+        lo, hi = np.asarray(box["lo"], np.float64), np.asarray(box["hi"], np.float64)
+    except FileNotFoundError:
+        raise MiloError(f"crop box file not found: {path}", hint="pass a JSON file with lo and hi corners",
+                        path=path) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MiloError(f"{path} is not a crop box ({exc})",
+                        hint='write {"lo": [x, y, z], "hi": [x, y, z]}', path=path) from None
+    if lo.shape != (3,) or hi.shape != (3,) or not (hi > lo).all():
+        raise MiloError(f"{path}: the crop box needs 3 coordinates per corner with hi > lo", path=path,
+                        hint='write {"lo": [x, y, z], "hi": [x, y, z]}')
+    return lo, hi
+
+
 def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: int = DEFAULT_SAMPLES,
-                  reporter=None) -> dict:
-    """`eval OUT --gt MESH`: metrics of OUT/mesh.ply (or a mesh file) against the ground-truth mesh
-    file `gt`; written to OUT/mesh_eval.json when OUT is a run folder."""
+                  reporter=None, crop=None, transform: np.ndarray | None = None) -> dict:
+    """`eval OUT --gt MESH [--crop BOX.json]`: metrics of OUT/mesh.ply (or a mesh file) against the
+    ground-truth mesh file `gt`, optionally judged inside the box `crop` ((lo, hi) or a box file) and with
+    the prediction first mapped by the 4x4 `transform` (e.g. an SfM frame aligned to the ground truth's);
+    written to OUT/mesh_eval.json when OUT is a run folder."""
     from pathlib import Path
 
     from milo_backend.atomic import write_json
@@ -224,13 +255,17 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
         raise MiloError(f"the threshold must be positive, got {threshold}",
                         hint="pass --threshold as a fraction of the ground truth's bbox diagonal, e.g. 0.01")
     pred_v, pred_f = read_mesh(mesh_path)
+    if transform is not None:
+        pred_v = pred_v @ transform[:3, :3].T + transform[:3, 3]
+    if crop is not None and not isinstance(crop, tuple):
+        crop = read_crop(crop)
     gt_v, gt_f = read_mesh(gt)
     if len(gt_f) == 0 or not bbox_diagonal(gt_v) > 0:
         raise MiloError(f"the ground truth {gt} has no surface", hint="pass a triangle mesh with faces", path=gt)
     if reporter is not None:
         reporter.stage("eval_mesh", f"Comparing {mesh_path.name} with {Path(gt).name}")
     metrics = {"mesh": str(mesh_path.resolve()), "gt": str(Path(gt).resolve()),
-               **mesh_metrics(pred_v, pred_f, gt_v, gt_f, threshold=threshold, n_samples=n_samples)}
+               **mesh_metrics(pred_v, pred_f, gt_v, gt_f, threshold=threshold, n_samples=n_samples, crop=crop)}
     if source.is_dir():
         write_json(source / "mesh_eval.json", metrics)
         if reporter is not None:

@@ -9,7 +9,7 @@ from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 
 FOX = shared_data("fox")
-SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop")
+SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop", "suite")
 
 
 def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", fox: Path | None = None) -> None:
@@ -41,6 +41,9 @@ def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", f
             md = bench_mesh_loop(dev, pictures=pictures)
             if (fox / "transforms.json").is_file():
                 md += bench_fox(dev, fox=fox, picture=pictures / "fox_mesh.png")
+        elif name == "suite":
+            from milo_backend.bench.suite import bench_suite
+            md = bench_suite(dev)
         else:  # sfm
             from milo_backend.bench.sfm import bench_sfm
             if not (fox / "images").is_dir():

@@ -105,11 +105,3 @@ def _rendered_by_blender(camera) -> np.ndarray:
     from milo_backend.errors import MiloError
     raise MiloError(f"Blender did not write the photo {camera.name}", hint="re-run; the scene folder is incomplete")
 
-
-def read_crop(scene_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The evaluation box of a suite scene (None when the scene has no crop.json)."""
-    path = Path(scene_dir) / "crop.json"
-    if not path.exists():
-        return None
-    box = json.loads(path.read_text(encoding="utf-8"))
-    return np.asarray(box["lo"], float), np.asarray(box["hi"], float)
