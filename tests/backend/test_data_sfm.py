@@ -232,4 +232,3 @@ def test_triangulation_from_known_poses_lies_on_the_scene(scene, tmp_path):
     rep = NullReporter()
     assert triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=10 ** 7) is None
     assert not rep.of("stage") and "Reusing" in rep.of("log")[0]["message"]
-    assert "random points" in rep.of("warning")[-1]["message"]

@@ -69,6 +69,30 @@ def test_depth_range_brackets_the_object_for_ring_and_forward_facing_layouts():
     assert len(pts) == 50 and np.all(pts[:, 1] > 0)  # in front of the cameras
 
 
+def test_random_start_is_sized_to_the_pixels_and_lies_where_the_few_points_are():
+    from milo_backend.gaussians.init import (RANDOM_START_MAX_PIXELS, init_random, random_start_count,
+                                             sparse_depth_range)
+    from milo_backend.gaussians.visibility import visibility
+
+    cams = ring_cameras()
+    pixels = max(c.width * c.height for c in cams)
+    assert random_start_count(cams, 10 ** 6) == pixels // 2 and random_start_count(cams, 10) == 10
+    # a few triangulated points around the ring's centre: the random points keep to their depths
+    rng = np.random.default_rng(0)
+    seeds = rng.normal(0, 0.3, (50, 3))
+    near, far = sparse_depth_range(seeds, cams)
+    assert 1.5 < near < 4.0 < far < 6.5  # cameras 4 units from the centre, points within ~1 unit of it
+    assert sparse_depth_range(seeds[:5], cams) is None  # too few to say anything
+    m = init_random(cams, 400, rng, depth_range=(near, far), seed_points=seeds, seed_colors=np.full((50, 3), 0.2))
+    assert len(m) == 450 and torch.allclose(m.params["means"][:50].double(), torch.as_tensor(seeds))
+    # each random point lies within the band in the camera that drew it
+    depths = np.stack([c.project(m.params["means"][50:].detach().double().numpy())[1] for c in cams])
+    assert np.all(((depths >= near - 1e-4) & (depths <= far + 1e-4)).any(axis=0))
+    # no Gaussian wider than the cap where the nearest camera sees it (half-resolution pixels)
+    footprint = visibility(m.params["means"].detach(), cams).min_depth_over_focal * 2.0
+    assert torch.all(torch.exp(m.params["scales"]).max(dim=1).values <= RANDOM_START_MAX_PIXELS * footprint * 1.0001)
+
+
 def test_make_optimizers_uses_the_method_learning_rates():
     m = init_from_points(torch.randn(6, 3), torch.rand(6, 3))
     opts = make_optimizers(m, extent=3.0)

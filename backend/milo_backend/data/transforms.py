@@ -196,7 +196,7 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
     """An SfM-like point cloud for a dataset with known poses (NeRF inputs): SIFT features of the training
     images, matches between cameras that look at the same part of the scene, triangulation with the poses
     held fixed. Returns (points (P,3), colours (P,3) in [0,1]), or None when fewer than `min_points` come
-    out (textureless or synthetic scenes: the caller then starts from random points).
+    out (the caller then starts from random points, `train.initial_model`).
     The result is cached in workdir/triangulation (same cameras and options: not redone)."""
     reporter = reporter or NullReporter()
     options = options or SfmOptions()
@@ -222,9 +222,6 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
                 np.savez(f, points=points, colors=colors)
         write_json(cache_info, signature)
     if len(points) < min_points:
-        reporter.warning(f"Triangulation from the known poses gave only {len(points)} points "
-                         f"(fewer than {min_points}); starting from random points instead",
-                         hint="Normal for synthetic or textureless scenes.")
         return None
     return points, colors
 

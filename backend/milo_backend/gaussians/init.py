@@ -86,14 +86,15 @@ def sparse_depth_range(points: np.ndarray, cameras: list[Camera], margin: float 
     """Depths (2nd-98th percentile over the cameras that see them, widened by `margin`) at which a few
     triangulated points say the scene lies; None for fewer than 20 points in view."""
     pts = np.asarray(points, np.float64)
-    depths = []
+    depths, seen = [], np.zeros(len(pts), bool)
     for c in cameras:
         uv, z = c.project(pts)
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < c.width) & (uv[:, 1] >= 0) & (uv[:, 1] < c.height)
         depths.append(z[inside])
-    d = np.concatenate(depths) if depths else np.zeros(0)
-    if len(d) < 20:
+        seen |= inside
+    if seen.sum() < 20:
         return None
+    d = np.concatenate(depths)
     lo, hi = np.percentile(d, [2, 98])
     return float(lo * (1 - margin)), float(hi * (1 + margin))
 
