@@ -89,6 +89,33 @@ def test_background_outside_the_ground_truth_box_is_not_judged():
     assert half["precision"] == 1.0 and 0.4 < half["recall"] < 0.6 and half["completeness"] > 0.05
 
 
+def test_a_crop_box_leaves_out_the_ground_an_object_stands_on(tmp_path, cli):
+    """An object on a ground plane: the ground touches the object's box, so without a crop box the
+    predicted ground inside the box counts as error; the suite's crop box starts above it."""
+    v, f = uv_sphere(0.5, center=(0.0, 0.0, 0.5))            # resting on z = 0
+    ground_v = np.array([[-3, -3, 0], [3, -3, 0], [3, 3, 0], [-3, 3, 0]], float)
+    ground_f = np.array([[0, 1, 2], [0, 2, 3]]) + len(v)
+    pred_v, pred_f = np.vstack([v, ground_v]), np.vstack([f, ground_f])
+    plain = mesh_metrics(pred_v, pred_f, v, f, n_samples=5_000)
+    assert plain["precision"] < 0.9                            # the ground's square under the sphere
+    lo, hi = np.array([-0.6, -0.6, 0.02]), np.array([0.6, 0.6, 1.1])
+    cropped = mesh_metrics(pred_v, pred_f, v, f, n_samples=5_000, crop=(lo, hi))
+    assert cropped["fscore"] == 1.0 and cropped["accuracy"] < 1e-9
+    # the same through the command line, with the box in a file
+    run = tmp_path / "run"
+    write_mesh_ply(run / "mesh.ply", pred_v, pred_f)
+    gt = tmp_path / "gt.obj"
+    gt.write_text("".join(f"v {x} {y} {z}\n" for x, y, z in v) + "".join(f"f {a+1} {b+1} {c+1}\n" for a, b, c in f))
+    box = tmp_path / "crop box.json"
+    box.write_text(json.dumps({"lo": lo.tolist(), "hi": hi.tolist()}))
+    code, events, err = cli.run("eval", run, "--gt", gt, "--crop", box)
+    assert code == 0, err
+    assert events[-1]["outputs"]["fscore"] == 1.0
+    box.write_text(json.dumps({"lo": [0, 0, 0], "hi": [1, 1]}))
+    code, events, _ = cli.run("eval", run, "--gt", gt, "--crop", box)
+    assert code == 2 and "crop box" in events[-1]["message"] and str(box) in events[-1]["message"]
+
+
 def test_far_pieces_and_holes_are_counted_as_outliers():
     """A floater inside the ground truth's box and a missing cap: the Chamfer distance grows, the inlier
     Chamfer distance stays near 0 (only the hole's rim counts), and the outlier shares name the two."""

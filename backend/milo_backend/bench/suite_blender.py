@@ -145,7 +145,12 @@ def build_objects(name: str, bunny: str | None) -> list:
 
 
 def _rest_on_ground(obj) -> None:
-    lowest = min((obj.matrix_world @ v.co).z for v in obj.data.vertices)
+    """Move `obj` down onto z = 0: its surface as rendered (modifiers applied; a subdivision surface
+    lies inside its cage, so the cage's lowest vertex would leave it floating)."""
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = ev.to_mesh()
+    lowest = min((ev.matrix_world @ v.co).z for v in mesh.vertices)
+    ev.to_mesh_clear()
     obj.location.z -= lowest
 
 
