@@ -55,7 +55,7 @@ def test_a_run_from_photos_is_aligned_to_the_true_cameras(tmp_path):
         sfm.append(Camera(name=c.name, width=c.width, height=c.height, fx=c.fx, fy=c.fy, cx=c.cx, cy=c.cy,
                           world_to_cam=np.linalg.inv(c2w)))
     write_json(tmp_path / "cameras.json", {"cameras": [c.to_json() for c in sfm]})
-    T = alignment_to_truth(tmp_path, "two")
+    T = alignment_to_truth(tmp_path, truth)
     p = np.random.default_rng(0).normal(size=(20, 3))
     p_sfm = p @ (s * R).T + t
     assert np.allclose(p_sfm @ T[:3, :3].T + T[:3, 3], p, atol=1e-9)

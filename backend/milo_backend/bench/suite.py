@@ -33,10 +33,10 @@ ITERATIONS = 1500   # the default CPU run length of the benchmarks (the bunny be
 SOURCES = ("poses", "photos")
 
 
-def alignment_to_truth(run: Path, scene_name: str) -> np.ndarray:
-    """4x4 similarity taking the run's world frame to the scene's (identity for known poses, up to
-    rounding): least squares on the camera centres matched by image name."""
-    truth = {pose_key(c.name): c.center for c in suite_cameras(SCENES[scene_name])}
+def alignment_to_truth(run: Path, true_cameras: list) -> np.ndarray:
+    """4x4 similarity taking the run's world frame to that of `true_cameras` (identity for known poses,
+    up to rounding): least squares on the camera centres matched by image name."""
+    truth = {pose_key(c.name): c.center for c in true_cameras}
     cams = [c for c in read_cameras(run / "cameras.json") if pose_key(c.name) in truth]
     if len(cams) < 3:
         raise MiloError(f"only {len(cams)} cameras of {run} match the scene's", hint="SfM registered too few photos")
@@ -71,7 +71,7 @@ def run_row(scene_dir: Path, scene_name: str, source: str, out: Path, device: st
     wall = time.perf_counter() - wall
     images = evaluate_run(out, NullReporter(), device=device)
     verts, faces = read_mesh(out / "mesh.ply")
-    T = alignment_to_truth(out, scene_name)
+    T = alignment_to_truth(out, suite_cameras(SCENES[scene_name]))
     verts = verts @ T[:3, :3].T + T[:3, 3]
     gt_v, gt_f = read_mesh(scene_dir / "ground_truth.obj")
     crop = read_crop(scene_dir / "crop.json")
