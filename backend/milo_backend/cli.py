@@ -16,6 +16,43 @@ from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
 
 
+class UsageError(Exception):
+    """A command line that argparse rejects (unknown flag, bad value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises on a bad command line instead of printing and exiting, so `--json` mode can
+    still emit its one `error` event (subcommand parsers inherit the class)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _number(kind, minimum, what: str):
+    """An argparse type: `kind` (int or float) of at least `minimum` (exclusive for floats)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}") from None
+        if value < minimum or (kind is float and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {what}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "a whole number of at least 1")
+NON_NEGATIVE_INT = _number(int, 0, "0 or a whole number above it")
+POSITIVE_FLOAT = _number(float, 0.0, "a number above 0")
+
+
+def _threads(text: str) -> int:
+    value = NON_NEGATIVE_INT(text) if text != "-1" else -1
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 threads cannot run; give -1 (all cores) or a number of threads")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable JSON-lines events on stdout")
 
@@ -23,14 +60,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from milo_backend.config import PRESETS
 
-    parser = argparse.ArgumentParser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
+    parser = Parser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
     parser.add_argument("--version", action="version", version=f"milo-backend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sfm", help="structure from motion on a folder of photos -> COLMAP dataset")
     p.add_argument("images", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--threads", type=int, default=-1,
+    p.add_argument("--threads", type=_threads, default=-1,
                    help="CPU threads (default all cores); 1 gives bit-identical results run after run")
     _add_common(p)
 
@@ -39,15 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--preset", default="default", choices=list(PRESETS))
     p.add_argument("--scene", default="outdoor", choices=["indoor", "outdoor"])
-    p.add_argument("--iterations", type=int, default=18_000)
+    p.add_argument("--iterations", type=POSITIVE_INT, default=18_000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
-    p.add_argument("--max-size", type=int, default=None, help="longest image side in pixels")
+    p.add_argument("--max-size", type=POSITIVE_INT, default=None, help="longest image side in pixels")
     p.add_argument("--eval", action="store_true", help="hold out every 8th image (if no split is given)")
     p.add_argument("--white-background", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preview-every", type=int, default=0)
+    p.add_argument("--preview-every", type=NON_NEGATIVE_INT, default=0, help="0: ten previews over the run")
     p.add_argument("--no-mesh", action="store_true", help="no mesh in the loop (Gaussians only; ablation)")
     p.add_argument("--no-extract", action="store_true", help="skip the final mesh extraction")
     p.add_argument("--remove-unseen", action="store_true", help="drop final-mesh vertices no camera sees")
@@ -61,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="final mesh of a trained run: OUT/mesh.ply + OUT/mesh_stats.json")
     p.add_argument("run", type=Path, help="a training output folder")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=POSITIVE_INT, default=None,
                    help="SDF refinement steps (default: 1000 scaled like the run's schedule)")
     p.add_argument("--remove-unseen", action="store_true", help="drop vertices that no camera sees")
     p.add_argument("--keep-fragments", action="store_true",
@@ -88,15 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=Path, default=None, metavar="BOX.json",
                    help='with --gt: judge only inside this box, a JSON file {"lo": [x,y,z], "hi": [x,y,z]} '
                         "(default: the ground truth's box grown by the threshold)")
-    p.add_argument("--threshold", type=float, default=0.01,
+    p.add_argument("--threshold", type=POSITIVE_FLOAT, default=0.01,
                    help="F-score distance threshold, as a fraction of the ground truth's bbox diagonal")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_common(p)
 
     p = sub.add_parser("sample", help="generate the bundled synthetic sample scene")
     p.add_argument("out", type=Path)
-    p.add_argument("--views", type=int, default=32)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--views", type=_number(int, 2, "at least 2 views"), default=32)
+    p.add_argument("--size", type=_number(int, 16, "at least 16 pixels"), default=128)
     _add_common(p)
 
     p = sub.add_parser("doctor", help="report Python, torch, CUDA, GPU and the GPU extensions (JSON)")
@@ -196,7 +233,18 @@ def json_event_stream():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        hint = "see milo-backend --help, or milo-backend COMMAND --help"
+        if "--json" in argv:  # the caller reads events: exactly one error event, as for any other error
+            reporter = Reporter(json_mode=True, stream=json_event_stream())
+            reporter.error(str(exc), hint)
+            reporter.close()
+        else:
+            print(f"{exc}\n({hint})", file=sys.stderr)
+        return 2
     json_mode = getattr(args, "json", False)
     reporter = Reporter(json_mode=json_mode, stream=json_event_stream() if json_mode else None)
     try:

@@ -240,3 +240,23 @@ def test_flatness_term_thins_the_smallest_axis_and_is_scale_free():
     assert losses.flatness_loss(10 * log_s.exp(), extent=20.0).item() == pytest.approx(value.item())
     # trained with it on (the default), it is part of the recorded configuration
     assert TrainConfig().lambda_flat > 0
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("train", "photos", "out", "--iterations", "-5"), "--iterations"),
+    (("train", "photos", "out", "--max-size", "0"), "--max-size"),
+    (("train", "photos", "out", "--iterations", "many"), "--iterations"),
+    (("eval", "run", "--gt", "gt.obj", "--threshold", "0"), "--threshold"),
+    (("sfm", "photos", "out", "--threads", "0"), "--threads"),
+    (("train", "photos", "out", "--no-such-flag"), "--no-such-flag"),
+])
+def test_a_bad_command_line_gets_one_error_event_naming_the_argument(args, flag, cli, tmp_path):
+    """--json callers (the extension) read events: a rejected command line is one `error` event and exit
+    2, never a silent exit or a run with a nonsense value."""
+    code, events, err = cli.run(*args)
+    assert code == 2 and len(events) == 1, (events, err)
+    assert events[0]["event"] == "error" and flag in events[0]["message"] and events[0]["hint"]
+    assert not (tmp_path / "out").exists()
+    # without --json: the same message on stderr, no traceback
+    proc = subprocess.run([sys.executable, "-m", "milo_backend", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr and not proc.stdout
