@@ -102,3 +102,32 @@ def test_broken_partial_and_incomplete_inputs_raise_milo_error(tmp_path):
     (empty_sparse / "sparse").mkdir(parents=True)
     with pytest.raises(MiloError, match="No COLMAP model"):
         load_dataset(empty_sparse, tmp_path / "w4")
+
+
+def test_a_truncated_cameras_file_is_refused_naming_the_camera_and_field(tmp_path):
+    """`truncate -s 32 sparse/0/cameras.bin` once loaded with focal length 0 and training turned to NaN."""
+    good = tmp_path / "good"
+    write_model(good)
+    cams = good / "sparse/0/cameras.bin"
+    cams.write_bytes(cams.read_bytes()[:32])
+    with pytest.raises(MiloError) as err:
+        load_dataset(good, tmp_path / "w")
+    assert "focal length fx=0.0" in err.value.message and "'img 0 é.png'" in err.value.message
+    assert "structure from motion" in err.value.hint
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"fx": 0.0}, "focal length"), ({"cx": 500.0}, "principal point"), ({"width": 0}, "image size"),
+    ({"pose": np.diag([1.0, 1.0, -1.0, 1.0])}, "rotation"), ({"pose": np.full((4, 4), np.nan)}, "non-finite"),
+])
+def test_impossible_cameras_are_refused_with_the_file_camera_and_field(bad, field):
+    from milo_backend.data.camera import Camera, check_cameras
+
+    pose = bad.get("pose", look_at((4.0, 0.0, 1.0), (0, 0, 0)))
+    kw = {"width": W, "height": H, "fx": 60.0, "fy": 60.0, "cx": 32.0, "cy": 24.0}
+    kw.update({k: v for k, v in bad.items() if k != "pose"})
+    check_cameras([Camera(name="ok.png", width=W, height=H, fx=60.0, fy=60.0, cx=32.0, cy=24.0,
+                          world_to_cam=look_at((4.0, 0.0, 1.0), (0, 0, 0)))], "m")  # a good one passes
+    with pytest.raises(MiloError) as err:
+        check_cameras([Camera(name="b.png", **kw, world_to_cam=pose)], "sparse/0")
+    assert field in err.value.message and "'b.png'" in err.value.message and "sparse/0" in err.value.message

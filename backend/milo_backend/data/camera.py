@@ -75,6 +75,32 @@ class Camera:
                    split=d.get("split", "train"))
 
 
+def check_cameras(cameras: list[Camera], source) -> None:
+    """Raise a MiloError naming `source` (the file they came from), the camera and the field, for
+    cameras that cannot be right: non-positive sizes or focal lengths, a principal point outside the image,
+    non-finite numbers, or a pose whose rotation is not a rotation (a truncated or edited model file)."""
+    from milo_backend.errors import MiloError
+
+    for c in cameras:
+        where = f"{source}: camera of {c.name!r}"
+        hint = "the camera model is damaged: re-run structure from motion (or re-export the poses)"
+        if not (c.width > 0 and c.height > 0):
+            raise MiloError(f"{where} has image size {c.width}x{c.height}", hint=hint, path=source)
+        if not (np.isfinite([c.fx, c.fy]).all() and c.fx > 0 and c.fy > 0):
+            raise MiloError(f"{where} has focal length fx={c.fx}, fy={c.fy} (must be positive)", hint=hint,
+                            path=source)
+        if not (np.isfinite([c.cx, c.cy]).all() and 0 <= c.cx <= c.width and 0 <= c.cy <= c.height):
+            raise MiloError(f"{where} has its principal point ({c.cx}, {c.cy}) outside the "
+                            f"{c.width}x{c.height} image", hint=hint, path=source)
+        m = np.asarray(c.world_to_cam, dtype=np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise MiloError(f"{where} has a pose with missing or non-finite values", hint=hint, path=source)
+        r = m[:3, :3]
+        if not (np.allclose(r @ r.T, np.eye(3), atol=1e-4) and np.linalg.det(r) > 0):
+            raise MiloError(f"{where} has a pose whose rotation is not a rotation (det {np.linalg.det(r):.3g})",
+                            hint=hint, path=source)
+
+
 def camera_extent(cameras: list[Camera]) -> float:
     """R_cam of the method: 1.1 x the largest distance of a camera centre from their mean."""
     centers = np.stack([c.center for c in cameras])

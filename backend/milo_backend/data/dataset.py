@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milo_backend.data.camera import Camera
+from milo_backend.data.camera import Camera, check_cameras
 from milo_backend.data.colmap import is_colmap_dataset, read_colmap
 from milo_backend.data.images import fit_size, is_image_file, list_images
 from milo_backend.data.poses import compare_poses
@@ -130,6 +130,7 @@ def load_dataset(path: str | Path, workdir: str | Path, reporter: Reporter | Non
         cameras, points, colors = scene.cameras, scene.points, scene.point_colors
     if not cameras:
         raise MiloError(f"No usable cameras in {root}", path=root)
+    check_cameras(cameras, root)
     if points is not None and len(points) == 0:
         points = colors = None
     cameras = limit_size(assign_eval_split(cameras, eval_split), max_size)
