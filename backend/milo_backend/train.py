@@ -77,6 +77,11 @@ def prepare_output(out: Path, resume: bool) -> None:
     if resume:
         if latest_checkpoint(out) is None and not (out / "gaussians.ply").exists():
             raise MiloError(f"nothing to resume in {out}", hint="run train without --resume", path=out)
+        if latest_checkpoint(out) is None:  # a finished run whose checkpoints were deleted
+            raise MiloError(f"{out} holds a finished run but no checkpoint (checkpoints/ is gone): there is "
+                            "nothing to resume from, and its gaussians.ply is kept as it is",
+                            hint="`extract` rebuilds the mesh from gaussians.ply; to train again, choose "
+                                 "another output folder", path=out)
         return
     if latest_checkpoint(out) is not None or (out / "gaussians.ply").exists():
         raise MiloError(f"{out} already holds a training run",

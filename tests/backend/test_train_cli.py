@@ -110,6 +110,21 @@ def test_existing_run_is_never_overwritten(trained, cli):
     assert (out / "gaussians.ply").stat().st_mtime_ns == before
 
 
+def test_resume_without_checkpoints_keeps_the_finished_run(trained, tiny_scene, tmp_path, cli):
+    """A finished run whose checkpoints/ folder was deleted: --resume once started from scratch and
+    overwrote gaussians.ply without a word."""
+    import shutil
+
+    out, _ = trained
+    copy = tmp_path / "finished run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    before = (copy / "gaussians.ply").read_bytes()
+    code, events, _ = cli.run("train", tiny_scene, copy, "--iterations", 5, "--device", "cpu", "--resume")
+    assert code == 2 and events[-1]["event"] == "error" and "no checkpoint" in events[-1]["message"]
+    assert "extract" in events[-1]["hint"]
+    assert (copy / "gaussians.ply").read_bytes() == before
+
+
 def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cli):
     out = tmp_path / "run with spaces"
     proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
