@@ -148,6 +148,24 @@ def test_image_cache_evicts_least_recently_used_and_rejects_wrong_aspect(tmp_pat
         cache.get(wrong)
 
 
+def test_photos_of_mixed_sizes_load_at_a_small_max_size(tmp_path):
+    """Two photo sizes in one dataset at --max-size 64: rounding to whole pixels changed the aspect ratio
+    by 1% (201x361 -> 36x64) and the photo was refused as 'replaced or cropped'."""
+    from milo_backend.data.dataset import limit_size
+
+    sizes = [(201, 361), (1080, 1920), (361, 201), (33, 97)]
+    cams = []
+    for i, (w, h) in enumerate(sizes):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((h, w, 3), 20 * i, np.uint8)).save(p)
+        cams.append(Camera(p.name, w, h, float(w), float(w), w / 2, h / 2, image_path=p))
+    cache = ImageCache()
+    for max_size in (16, 64, 128):
+        for cam in limit_size(cams, max_size):
+            rgb, _ = cache.get(cam)
+            assert rgb.shape == (cam.height, cam.width, 3) and max(cam.width, cam.height) <= max_size
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_image_cache_returns_tensors_on_the_requested_device(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 51, np.uint8)).save(tmp_path / "a.png")

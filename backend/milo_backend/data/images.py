@@ -192,7 +192,10 @@ class ImageCache:
             raise MiloError(f"Camera {camera.name} has no image file", hint="Reload the dataset.")
         rgb, alpha = load_image(camera.image_path)
         h, w = rgb.shape[:2]
-        if abs(w / h - camera.width / camera.height) > 0.01 * (camera.width / camera.height):
+        # the same picture at the camera's size: equal aspect ratios up to 1% plus the rounding of small
+        # sizes to whole pixels (a 201x361 photo is 36x64 at --max-size 64: aspect 0.557 against 0.5625)
+        s = max(camera.width, camera.height) / max(w, h)
+        if abs(w * s - camera.width) > 1 + 0.01 * camera.width or abs(h * s - camera.height) > 1 + 0.01 * camera.height:
             raise MiloError(f"Image {camera.image_path} is {w}x{h} but its camera expects "
                             f"{camera.width}x{camera.height} (a different aspect ratio)",
                             hint="The image was replaced or cropped after the cameras were computed; "
