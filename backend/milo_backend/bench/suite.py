@@ -9,6 +9,7 @@ similarity that best aligns their camera centres with the true ones (Umeyama) be
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from milo_backend.atomic import write_json
 from milo_backend.bench import markdown_table, section_header, shared_data
 from milo_backend.bench.suite_scenes import SCENES, VIEWS, SIZE, make_suite_scene, suite_cameras
 from milo_backend.config import TrainConfig
@@ -95,8 +97,14 @@ def bench_suite(device: str = "cpu", iterations: int = ITERATIONS, scenes: list[
     render_s = time.perf_counter() - start
     for source in sources:  # every scene from known poses first: the more telling half if time runs out
         for name in scenes:
-            rows.append(run_row(scene_dirs[name], name, source, work / "runs" / f"{name}_{source}", device,
-                                iterations))
+            # a finished row is kept in the work folder: an interrupted suite resumes where it stopped
+            done = work / "runs" / f"{name}_{source}.row.json"
+            settings = {"iterations": iterations, "device": device}
+            row = json.loads(done.read_text(encoding="utf-8")) if done.exists() else None
+            if row is None or row.pop("settings", None) != settings:
+                row = run_row(scene_dirs[name], name, source, work / "runs" / f"{name}_{source}", device, iterations)
+                write_json(done, {**row, "settings": settings})
+            rows.append(row)
             print(rows[-1], flush=True)
     total = time.perf_counter() - start
     load = os.getloadavg()
