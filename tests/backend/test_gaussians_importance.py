@@ -18,7 +18,7 @@ VIEWS = [
 def fake_render(cam):
     w, touched, dominated = (torch.tensor(col) for col in zip(*VIEWS[int(cam.name)]))
     z = torch.zeros(1, 1, 1)
-    return RenderOutput(color=z, alpha=z, depth_median=z, depth_expected=z, normals=z,
+    return RenderOutput(color=z, alpha=z, depth_median=z, depth_expected=z, normals=z, means2d=None, radii=None,
                         means2d=torch.zeros(4, 2), radii=(touched > 0).long(), weight_sum=w.float(),
                         pixels_touched=touched, pixels_dominated=dominated)
 
@@ -63,3 +63,24 @@ def test_hidden_gaussian_scores_zero_on_real_renders():
     indoor, _ = importance_scores(lambda c: toy_render(splats, c), cams, 3, scene="indoor")
     # indoor favours the big Gaussian (more total weight); outdoor normalises by its area
     assert indoor[0] / indoor[2] > outdoor[0] / outdoor[2]
+
+
+def test_fallback_scores_rank_sharp_gaussians_above_large_faint_ones():
+    """When the simplification floor must keep Gaussians that dominate no pixel, it takes the ones with
+    the most weight per pixel, not the large faint blobs of a fog that sum to as much weight."""
+    import torch
+
+    from milo_backend.gaussians.importance import fallback_scores, gather_weight_stats
+    from milo_backend.render import RenderOutput
+
+    z = torch.zeros(1, 1, 1)
+
+    def view(_camera):  # Gaussian 0: 10 pixels, weight 5; 1: 1000 pixels, weight 5; 2: seen once only
+        return RenderOutput(color=z, alpha=z, depth_median=z, depth_expected=z, normals=z, means2d=None, radii=None,
+                            weight_sum=torch.tensor([5.0, 5.0, 1.0]), pixels_touched=torch.tensor([10, 1000, 3]),
+                            pixels_dominated=torch.zeros(3))
+
+    stats = gather_weight_stats(view, [None, None], 3)
+    stats.views_seen[2] = 1
+    score = fallback_scores(stats)
+    assert score[0] > 10 * score[1] > 0 and score[2] == 0

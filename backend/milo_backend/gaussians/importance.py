@@ -29,6 +29,7 @@ class WeightStats:
     weight_per_pixel: torch.Tensor   # sum over views where it dominates of w / pixels_touched
     pixels_dominated: torch.Tensor   # sum over views of dominated pixels
     views_seen: torch.Tensor         # views in which it touches at least one pixel
+    weight_per_pixel_seen: torch.Tensor  # sum over every view it touches of w / pixels_touched
 
 
 @torch.no_grad()
@@ -46,11 +47,12 @@ def gather_weight_stats(render_fn: Callable[[Camera], RenderOutput], cameras: Se
         if w.shape[0] != n:
             raise ValueError(f"render returned stats for {w.shape[0]} Gaussians, expected {n}")
         if stats is None:
-            stats = WeightStats(*(torch.zeros(n, dtype=torch.float64, device=w.device) for _ in range(4)))
+            stats = WeightStats(*(torch.zeros(n, dtype=torch.float64, device=w.device) for _ in range(5)))
         stats.weight_sum += w
         stats.weight_per_pixel += torch.where(dominated > 0, w / touched.clamp_min(1), torch.zeros_like(w))
         stats.pixels_dominated += dominated
         stats.views_seen += (touched > 0).double()
+        stats.weight_per_pixel_seen += w / touched.clamp_min(1)
         if reporter is not None:
             reporter.progress(stage, i + 1, len(cameras))
     if stats is None:
@@ -67,10 +69,13 @@ def scores_from_stats(stats: WeightStats, scene: str = "outdoor") -> torch.Tenso
 
 
 def fallback_scores(stats: WeightStats) -> torch.Tensor:
-    """Blending weight (summed over its pixels) per view it is seen in, of the Gaussians seen in 2+ views
-    (0 for the others): how the simplification ranks Gaussians that never dominate a pixel when it must keep more
-    than the dominating ones (`densify.simplify(min_keep=...)`)."""
-    score = stats.weight_sum / stats.views_seen.clamp_min(1)
+    """Blending weight per touched pixel, over every view it is seen in (the outdoor score without its
+    "dominates a pixel" condition), of the Gaussians seen in 2+ views (0 for the others): how the
+    simplification ranks Gaussians that never dominate a pixel when it must keep more than the
+    dominating ones (`densify.simplify(min_keep=...)`). Per pixel, not in total: a total favours the
+    large faint Gaussians of a fog (ranked by total weight on the suite's dome scene, the training loss with
+    the flatness term on was 2.3 after the simplification, against 0.3 where the rule alone kept enough)."""
+    score = stats.weight_per_pixel_seen
     return torch.where(stats.views_seen > 1, score, torch.zeros_like(score)).float()
 
 
