@@ -18,7 +18,7 @@ VIEWS = [
 def fake_render(cam):
     w, touched, dominated = (torch.tensor(col) for col in zip(*VIEWS[int(cam.name)]))
     z = torch.zeros(1, 1, 1)
-    return RenderOutput(color=z, alpha=z, depth_median=z, depth_expected=z, normals=z, means2d=None, radii=None,
+    return RenderOutput(color=z, alpha=z, depth_median=z, depth_expected=z, normals=z,
                         means2d=torch.zeros(4, 2), radii=(touched > 0).long(), weight_sum=w.float(),
                         pixels_touched=touched, pixels_dominated=dominated)
 
