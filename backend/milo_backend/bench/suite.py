@@ -87,7 +87,10 @@ def run_row(scene_dir: Path, scene_name: str, source: str, out: Path, device: st
 
 
 def bench_suite(device: str = "cpu", iterations: int = ITERATIONS, scenes: list[str] | None = None,
-                sources: tuple[str, ...] = SOURCES, workdir: str | Path | None = None) -> str:
+                sources: tuple[str, ...] = SOURCES, workdir: str | Path | None = None,
+                run_missing: bool = True) -> str:
+    """The suite's table. `run_missing=False` only reports the rows already finished in `workdir`
+    (the others say "not run"), e.g. to write the table of an interrupted suite."""
     torch.set_num_threads(min(2, torch.get_num_threads()) if device == "cpu" else torch.get_num_threads())
     scenes = scenes or list(SCENES)
     work = Path(workdir or tempfile.mkdtemp(prefix="bench_suite_"))
@@ -102,11 +105,16 @@ def bench_suite(device: str = "cpu", iterations: int = ITERATIONS, scenes: list[
             settings = {"iterations": iterations, "device": device}
             row = json.loads(done.read_text(encoding="utf-8")) if done.exists() else None
             if row is None or row.pop("settings", None) != settings:
-                row = run_row(scene_dirs[name], name, source, work / "runs" / f"{name}_{source}", device, iterations)
-                write_json(done, {**row, "settings": settings})
+                if run_missing:
+                    row = run_row(scene_dirs[name], name, source, work / "runs" / f"{name}_{source}", device,
+                                  iterations)
+                    write_json(done, {**row, "settings": settings})
+                else:
+                    row = {"scene": name, "source": "known poses" if source == "poses" else "photos (SfM)",
+                           "note": "not run"}
             rows.append(row)
             print(rows[-1], flush=True)
-    total = time.perf_counter() - start
+    runs_s = sum(r.get("seconds", 0.0) for r in rows)
     load = os.getloadavg()
     cmd = f"milo-backend bench suite --device {device}"
     md = section_header("Robustness: the scene suite", cmd, device)
@@ -118,9 +126,9 @@ def bench_suite(device: str = "cpu", iterations: int = ITERATIONS, scenes: list[
            "inside the scene's crop box (the objects' box; where there is a ground it starts 2% of the diagonal "
            "above it), in % of the objects' bbox diagonal; runs from photos are first aligned by their cameras. "
            "Gaussians over the run: the count at 0, 20, 40, 60, 80 and 100% of training. "
-           f"Targets (issue 12): held-out PSNR >= 25 dB, F@1% >= 0.85, Chamfer <= 0.5%. Whole suite "
-           f"{total / 60:.0f} min on {os.cpu_count()} cores (rendering the scenes with Cycles: "
-           f"{render_s / 60:.1f} min; cached in the work folder); load average at the end "
+           f"Targets (issue 12): held-out PSNR >= 25 dB, F@1% >= 0.85, Chamfer <= 0.5%. The runs below took "
+           f"{runs_s / 60:.0f} min on {os.cpu_count()} cores (rendering the scenes with Cycles: ~7 min, cached "
+           f"in the work folder; {render_s / 60:.1f} min this time); load average at the end "
            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.\n\n")
     md += markdown_table(rows, ["scene", "source", "held-out PSNR", "F@1%", "F@0.5%", "Chamfer %",
                                 "precision / recall @1%", "object vertices", "Gaussians over the run", "seconds",
@@ -128,14 +136,15 @@ def bench_suite(device: str = "cpu", iterations: int = ITERATIONS, scenes: list[
     return md
 
 
-if __name__ == "__main__":  # python -m milo_backend.bench.suite [workdir] [scene,scene] [poses,photos]
+if __name__ == "__main__":  # python -m milo_backend.bench.suite [workdir] [scene,...] [poses,photos] [--report-only]
     import sys
 
     from milo_backend.bench import write_section
 
-    wd = sys.argv[1] if len(sys.argv) > 1 else None
-    sc = sys.argv[2].split(",") if len(sys.argv) > 2 else None
-    so = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else SOURCES
-    text = bench_suite(workdir=wd, scenes=sc, sources=so)
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    wd = argv[0] if len(argv) > 0 else None
+    sc = argv[1].split(",") if len(argv) > 1 else None
+    so = tuple(argv[2].split(",")) if len(argv) > 2 else SOURCES
+    text = bench_suite(workdir=wd, scenes=sc, sources=so, run_missing="--report-only" not in sys.argv)
     print(text)
     write_section("suite", text, Path(__file__).resolve().parents[3] / "BENCHMARKS.md")
