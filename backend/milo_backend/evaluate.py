@@ -74,7 +74,7 @@ def render_cameras(source, cameras_file, out_dir, reporter: Reporter, device: st
 def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> dict:
     """PSNR / SSIM of the run's held-out views (cameras with split "test"); writes `run/eval.json`."""
     from milo_backend.data.images import ImageCache
-    from milo_backend.train import training_image
+    from milo_backend.data.images import training_image
 
     run = Path(run)
     dev = select_device(device)

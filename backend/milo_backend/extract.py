@@ -306,7 +306,7 @@ def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", itera
     from milo_backend.device import select_device
     from milo_backend.evaluate import gaussians_path, read_cameras
     from milo_backend.gaussians.ply import read_ply
-    from milo_backend.train import training_image
+    from milo_backend.data.images import training_image
 
     run = Path(run)
     dev = select_device(device)

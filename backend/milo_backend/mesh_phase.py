@@ -40,7 +40,7 @@ from milo_backend.gaussians.model import GaussianModel
 from milo_backend.mesh import (PIVOTS_PER_GAUSSIAN, TetMesh, base_from_sdf, cull_to_frustum, delaunay,
                                initial_sdf, marching_tetrahedra, pivots, rasterize_mesh, reset_base,
                                sdf_from_base_shift, surface_gaussians)
-from milo_backend.mesh.raster import project, world_to_view
+from milo_backend.mesh.view_space import project, world_to_view
 from milo_backend.render import RenderOutput
 
 SDF_LR = 0.025

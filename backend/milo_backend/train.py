@@ -20,7 +20,7 @@ from milo_backend.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from milo_backend.config import MIN_GAUSSIANS_PER_VIEW_PIXEL, SMALLER_PRESET, TrainConfig
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
-from milo_backend.data.images import ImageCache
+from milo_backend.data.images import ImageCache, training_image
 from milo_backend.data.transforms import MIN_TRIANGULATED_POINTS, triangulate_known_poses
 from milo_backend.device import select_device
 from milo_backend.errors import Cancelled, MiloError
@@ -336,12 +336,6 @@ def simplify_by_importance(model: GaussianModel, render_stats, cameras: list[Cam
     stats = gather_weight_stats(render_stats, cameras, len(model))
     return densify.simplify(model, scores_from_stats(stats, scene), min_keep=min_keep,
                             fallback=fallback_scores(stats), **rule)
-
-
-def training_image(images: ImageCache, camera: Camera, background: torch.Tensor) -> torch.Tensor:
-    """The photo of `camera` at its resolution; transparent pixels take the background colour."""
-    rgb, alpha = images.get(camera, background.device)
-    return rgb if alpha is None else rgb * alpha + background * (1 - alpha)
 
 
 def write_preview(out: Path, it: int, camera: Camera, render_at, images: ImageCache, background) -> Path:

@@ -284,7 +284,7 @@ def reference_antialias(color, face_ids, zbuf, uv, faces):
 @pytest.mark.parametrize("n_points,open_mesh", [(150, False), (1500, False), (600, True)],
                          ids=["faces larger than pixels", "faces near pixel size", "open mesh"])
 def test_torch_antialias_matches_a_literal_transcription_of_nvdiffrast(n_points, open_mesh):
-    from milo_backend.mesh.raster import project, world_to_view
+    from milo_backend.mesh.view_space import project, world_to_view
     from milo_backend.mesh.raster_torch import _pixel_depth
 
     verts, faces = sphere_mesh(n_points, seed=5)

@@ -203,3 +203,9 @@ class ImageCache:
         arr = np.concatenate([rgb, alpha[..., None]], axis=2) if alpha is not None else rgb
         out = resize(arr, camera.width, camera.height)
         return out.mul_(255.0).round_().to(torch.uint8).contiguous()
+
+
+def training_image(images: ImageCache, camera, background: torch.Tensor) -> torch.Tensor:
+    """The photo of `camera` at its resolution; transparent pixels take the background colour."""
+    rgb, alpha = images.get(camera, background.device)
+    return rgb if alpha is None else rgb * alpha + background * (1 - alpha)

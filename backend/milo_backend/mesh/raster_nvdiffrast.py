@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from milo_backend.data.camera import Camera
-from milo_backend.mesh.raster import MeshRender, gather_normals, world_to_view
+from milo_backend.mesh.view_space import MeshRender, gather_normals, world_to_view
 
 _CONTEXTS: dict[str, object] = {}
 _AVAILABLE: dict[str, bool] = {}

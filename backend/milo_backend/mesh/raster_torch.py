@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from milo_backend.data.camera import Camera
-from milo_backend.mesh.raster import MeshRender, gather_normals, project, world_to_view
+from milo_backend.mesh.view_space import MeshRender, gather_normals, project, world_to_view
 
 # Most (face, pixel) candidates tested at once; bounds pass-1 memory (~100 bytes each).
 _CANDIDATES_PER_CHUNK = 1 << 22
