@@ -235,10 +235,9 @@ def read_crop(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: int = DEFAULT_SAMPLES,
-                  reporter=None, crop=None, transform: np.ndarray | None = None) -> dict:
+                  reporter=None, crop=None) -> dict:
     """`eval OUT --gt MESH [--crop BOX.json]`: metrics of OUT/mesh.ply (or a mesh file) against the
-    ground-truth mesh file `gt`, optionally judged inside the box `crop` ((lo, hi) or a box file) and with
-    the prediction first mapped by the 4x4 `transform` (e.g. an SfM frame aligned to the ground truth's);
+    ground-truth mesh file `gt`, optionally judged inside the box `crop` ((lo, hi) or a box file);
     written to OUT/mesh_eval.json when OUT is a run folder."""
     from pathlib import Path
 
@@ -255,8 +254,6 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
         raise MiloError(f"the threshold must be positive, got {threshold}",
                         hint="pass --threshold as a fraction of the ground truth's bbox diagonal, e.g. 0.01")
     pred_v, pred_f = read_mesh(mesh_path)
-    if transform is not None:
-        pred_v = pred_v @ transform[:3, :3].T + transform[:3, 3]
     if crop is not None and not isinstance(crop, tuple):
         crop = read_crop(crop)
     gt_v, gt_f = read_mesh(gt)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from milo_backend.errors import MiloError
+
 
 @dataclass
 class Camera:
@@ -79,8 +81,6 @@ def check_cameras(cameras: list[Camera], source) -> None:
     """Raise a MiloError naming `source` (the file they came from), the camera and the field, for
     cameras that cannot be right: non-positive sizes or focal lengths, a principal point outside the image,
     non-finite numbers, or a pose whose rotation is not a rotation (a truncated or edited model file)."""
-    from milo_backend.errors import MiloError
-
     for c in cameras:
         where = f"{source}: camera of {c.name!r}"
         hint = "the camera model is damaged: re-run structure from motion (or re-export the poses)"
