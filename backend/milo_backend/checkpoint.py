@@ -26,11 +26,22 @@ def latest_checkpoint(out: Path) -> Path | None:
     return None
 
 
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(out: Path, payload: dict) -> Path:
     d = checkpoint_dir(out)
     d.mkdir(parents=True, exist_ok=True)
     latest = d / "latest.pt"
-    with atomic_path(latest) as tmp:
+    # on a full disk, say what the folder needs: latest, previous and the copy being written
+    with atomic_path(latest, needs=3 * _tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
         if latest.exists():  # keep one generation back
             os.replace(latest, d / "previous.pt")

@@ -16,6 +16,7 @@ when a log file is attached. Protocol (version 1), every object has "event", "v"
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -81,20 +82,27 @@ class Reporter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(path, "a", encoding="utf-8")
 
+    def _drop_log(self) -> None:
+        log, self._log = self._log, None
+        with contextlib.suppress(OSError):
+            log.close()
+
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
         if self._log is not None:
-            self._log.close()
-            self._log = None
+            self._drop_log()
 
     def emit(self, event: str, **fields: Any) -> dict:
         obj = {"event": event, "v": PROTOCOL_VERSION, "time": round(time.time(), 3), **_clean(fields)}
         line = json.dumps(obj, ensure_ascii=False)
         if self._log is not None:
-            self._log.write(line + "\n")
-            self._log.flush()
+            try:
+                self._log.write(line + "\n")
+                self._log.flush()
+            except OSError:  # a full disk: the events still reach the caller, who is told why
+                self._drop_log()
         if self.json_mode:
             self.stream.write(line + "\n")
             self.stream.flush()

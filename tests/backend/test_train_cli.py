@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,61 @@ def test_a_bad_command_line_gets_one_error_event_naming_the_argument(args, flag,
     # without --json: the same message on stderr, no traceback
     proc = subprocess.run([sys.executable, "-m", "milo_backend", *args], capture_output=True, text=True)
     assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr and not proc.stdout
+
+
+# Mounts a small tmpfs in a private mount namespace (no root needed where user namespaces are allowed),
+# fills it to leave $2 KB free, then runs the command that follows with the disk as $1.
+_FULL_DISK = """
+mount -t tmpfs -o size=3m tmpfs "$1" || exit 97
+dd if=/dev/zero of="$1/filler" bs=1k count=$((3072 - $2)) 2>/dev/null
+shift 2
+"$@"
+"""
+
+
+def on_small_disk(disk: Path, free_kb: int, *command) -> subprocess.CompletedProcess:
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to mount a small disk")
+    disk.mkdir(exist_ok=True)
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", _FULL_DISK, "sh", str(disk), str(free_kb),
+                           *map(str, command)], capture_output=True, text=True, timeout=600)
+    if proc.returncode == 97 or (proc.returncode != 0 and "unshare" in proc.stderr):
+        pytest.skip(f"cannot mount a small disk here: {proc.stderr.strip()[-200:]}")
+    return proc
+
+
+def test_a_full_disk_before_the_feature_database_is_a_user_error(tiny_scene, tmp_path, cli):
+    # pycolmap's SQLite aborts the whole process on a full disk (exit 134, a C++ stack): refuse before it
+    disk = tmp_path / "small disk"
+    proc = on_small_disk(disk, 480, sys.executable, "-m", "milo_backend", "train", tiny_scene, disk / "run",
+                         "--iterations", 40, "--device", "cpu", "--max-size", 48, "--json")
+    errors = [e for e in cli.parse(proc.stdout) if e["event"] == "error"]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert str(disk / "run") in errors[0]["message"] and "MB free" in errors[0]["message"], errors[0]
+    assert "needs about" in errors[0]["message"] and "another disk" in errors[0]["hint"]
+
+
+_SAVE_ON_FULL_DISK = """
+import json, sys, torch
+from pathlib import Path
+from milo_backend.checkpoint import save_checkpoint
+from milo_backend.errors import MiloError
+out = Path(sys.argv[1]) / "run"
+save_checkpoint(out, {"params": torch.zeros(1000)})       # a small one fits
+try:
+    save_checkpoint(out, {"params": torch.zeros(500_000)})  # 2 MB does not
+except MiloError as exc:
+    print(json.dumps({"message": exc.message, "hint": exc.hint,
+                      "files": sorted(p.name for p in (out / "checkpoints").iterdir()),
+                      "kept": torch.load(out / "checkpoints" / "latest.pt")["params"].numel()}))
+"""
+
+
+def test_a_checkpoint_that_fills_the_disk_is_a_user_error_and_keeps_the_last_one(tmp_path):
+    # torch.save reports a full disk as a RuntimeError without errno ("unexpected pos ...")
+    disk = tmp_path / "small disk"
+    proc = on_small_disk(disk, 480, sys.executable, "-c", _SAVE_ON_FULL_DISK, disk)
+    assert proc.returncode == 0 and proc.stdout, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert "is full" in result["message"] and "latest.pt" in result["message"] and "MB" in result["message"]
+    assert result["files"] == ["latest.pt"] and result["kept"] == 1000  # no temp file, the old one intact

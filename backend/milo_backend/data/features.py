@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from milo_backend.atomic import require_free_space
 from milo_backend.events import Reporter
 
 
@@ -98,10 +99,14 @@ def extract_features(db_path: Path, image_dir: Path, groups: Sequence[tuple[pyco
     Cameras are created here rather than by COLMAP, which in its AUTO mode gave each of the 50 fox photos
     its own camera (50 focal lengths to estimate instead of one).
     """
+    n_images = sum(len(names) for _, names in groups)
+    # keypoints, descriptors and matches, generously: SQLite aborts the process when the disk fills up
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    require_free_space(db_path.parent, (2 << 20) + n_images * 2 * options.max_num_features * 152,
+                       f"the feature database of {n_images} images")
     db = pycolmap.Database.open(db_path)
     camera_ids = [db.write_camera(cam) for cam, _ in groups]
     db.close()
-    n_images = sum(len(names) for _, names in groups)
     total = total if total is not None else n_images
     done = 0
     eo = extraction_options(options)
