@@ -13,7 +13,8 @@ from milo_backend.data.camera import Camera
 from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 from milo_backend.events import Reporter
-from milo_backend.gaussians.ply import read_ply
+from milo_backend.gaussians.model import GaussianModel
+from milo_backend.gaussians.ply import read_ply, write_ply
 from milo_backend.previews import to_uint8
 from milo_backend.render import render
 
@@ -42,9 +43,30 @@ def gaussians_path(source: str | Path) -> Path:
     return ply
 
 
-def load_splats(source, device: torch.device):
+def load_gaussians(source, reporter: Reporter, device: torch.device | str = "cpu") -> GaussianModel:
+    """The Gaussians of a run folder or of a PLY file. A run's damaged gaussians.ply is rebuilt from the
+    run's last checkpoint (a finished run's last checkpoint is its final state), with a warning."""
+    from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
+
+    ply = gaussians_path(source)
+    try:
+        return read_ply(ply, device)
+    except MiloError as exc:
+        run = Path(source)
+        if not run.is_dir() or latest_checkpoint(run) is None:
+            raise
+        ckpt = load_checkpoint(run)
+        write_ply(GaussianModel.from_state_dict(ckpt["model"]), ply)
+        it, total = ckpt["run"]["iteration"], ckpt.get("config", {}).get("iterations")
+        reporter.warning(f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
+                         f"(iteration {it}{f' of {total}' if total else ''})",
+                         hint="nothing to do if the run had finished; otherwise continue it with train --resume")
+        return read_ply(ply, device)
+
+
+def load_splats(source, device: torch.device, reporter: Reporter):
     """Gaussians of a run folder or PLY as renderer input (3D filter already baked into the PLY)."""
-    model = read_ply(gaussians_path(source))
+    model = load_gaussians(source, reporter)
     splats = model.splats(with_filter=False)
     sh_degree = round(splats.sh.shape[1] ** 0.5) - 1
     return type(splats)(*(t.detach().to(device) for t in splats)), sh_degree
@@ -54,7 +76,7 @@ def render_cameras(source, cameras_file, out_dir, reporter: Reporter, device: st
                    renderer: str = "auto", white_background: bool = False) -> list[Path]:
     """Render every camera of `cameras_file` into `out_dir/<name>.png`."""
     dev = select_device(device)
-    splats, sh_degree = load_splats(source, dev)
+    splats, sh_degree = load_splats(source, dev, reporter)
     cameras = read_cameras(cameras_file)
     bg = torch.full((3,), 1.0 if white_background else 0.0, device=dev)
     out_dir = Path(out_dir)
@@ -85,7 +107,7 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
                         path=run / "cameras.json")
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     bg = torch.full((3,), 1.0 if config.get("white_background") else 0.0, device=dev)
-    splats, sh_degree = load_splats(run, dev)
+    splats, sh_degree = load_splats(run, dev, reporter)
     images = ImageCache()
     reporter.stage("eval", f"Evaluating {len(cameras)} held-out views")
     per_view = []

@@ -304,8 +304,7 @@ def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", itera
     from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
     from milo_backend.data.images import ImageCache
     from milo_backend.device import select_device
-    from milo_backend.evaluate import gaussians_path, read_cameras
-    from milo_backend.gaussians.ply import read_ply
+    from milo_backend.evaluate import load_gaussians, read_cameras
     from milo_backend.data.images import training_image
 
     run = Path(run)
@@ -316,12 +315,11 @@ def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", itera
         raise MiloError(f"{run / 'cameras.json'} has {len(cameras)} training view(s)",
                         hint="extraction needs the training cameras of the run (at least 2)", path=run / "cameras.json")
     state = None
-    if latest_checkpoint(run) is not None:
+    model = load_gaussians(run, reporter, dev)  # also repairs a damaged gaussians.ply, as render and eval do
+    if latest_checkpoint(run) is not None:  # the unbaked state and the mesh phase's, to continue exactly
         ckpt = load_checkpoint(run)
         model = GaussianModel.from_state_dict(ckpt["model"], dev)
         state = ckpt.get("mesh")
-    else:
-        model = read_ply(gaussians_path(run), dev)
     sched = Schedule(int(cfg.get("iterations", 18_000)))
     background = torch.full((3,), 1.0 if cfg.get("white_background") else 0.0, device=dev)
     images = ImageCache()

@@ -102,6 +102,23 @@ def test_eval_and_render_commands(trained, tmp_path, cli):
     assert len(pngs) == 16 and events[-1]["outputs"]["count"] == 16
 
 
+@pytest.mark.parametrize("command", [("eval",), ("render", "--cameras", "{run}/cameras.json", "--out", "{run}/r"),
+                                     ("extract", "--iterations", "2")])
+def test_a_damaged_gaussians_ply_is_rebuilt_from_the_checkpoint(trained, tmp_path, cli, command):
+    out, _ = trained
+    run = tmp_path / "copie"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("mesh*", "previews"))
+    original = (out / "gaussians.ply").read_bytes()
+    (run / "gaussians.ply").write_bytes(original[: len(original) // 3])  # a truncated copy or a crash
+    args = [a.format(run=run) for a in command[1:]]
+    code, events, err = cli.run(command[0], run, *args, "--device", "cpu")
+    assert code == 0, err + json.dumps(events[-3:])
+    warnings = [e for e in events if e["event"] == "warning" and "gaussians.ply" in e["message"]]
+    assert len(warnings) == 1 and "rebuilt" in warnings[0]["message"], events
+    # the finished run's last checkpoint is its final state: the rebuilt file is the one train wrote
+    assert (run / "gaussians.ply").read_bytes() == original
+
+
 def test_existing_run_is_never_overwritten(trained, cli):
     out, _ = trained
     before = (out / "gaussians.ply").stat().st_mtime_ns
