@@ -116,6 +116,19 @@ def test_a_truncated_cameras_file_is_refused_naming_the_camera_and_field(tmp_pat
     assert "structure from motion" in err.value.hint
 
 
+def test_a_point_with_non_finite_coordinates_is_refused_naming_the_file(tmp_path):
+    root = tmp_path / "model"
+    write_model(root)
+    points = root / "sparse/0/points3D.bin"  # count (u64), then id (u64) and x, y, z (f64) of the point
+    data = bytearray(points.read_bytes())
+    data[16:24] = np.array([np.nan]).tobytes()
+    points.write_bytes(bytes(data))
+    with pytest.raises(MiloError) as err:
+        load_dataset(root, tmp_path / "w")
+    assert "points3D" in err.value.message and "non-finite" in err.value.message
+    assert str(root / "sparse" / "0") in err.value.message
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"fx": 0.0}, "focal length"), ({"cx": 500.0}, "principal point"), ({"width": 0}, "image size"),
     ({"pose": np.diag([1.0, 1.0, -1.0, 1.0])}, "rotation"), ({"pose": np.full((4, 4), np.nan)}, "non-finite"),

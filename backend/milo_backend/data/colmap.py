@@ -106,7 +106,13 @@ def read_colmap(root: str | Path, workdir: str | Path, reporter: Reporter | None
     cameras = [next(undistorted) if has_distortion(c) else camera_from_pinhole(pinhole_for(c), b)
                for b, c in views]
 
-    ids = rec.point3D_ids()
+    ids = sorted(rec.point3D_ids())
     points = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64).reshape(-1, 3)
     colors = np.array([rec.points3D[i].color for i in ids], dtype=np.float32).reshape(-1, 3) / 255.0
+    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if len(bad):
+        raise MiloError(f"{model_dir}: {len(bad)} of the {len(points)} points in points3D have non-finite "
+                        f"coordinates (point id {ids[bad[0]]}: {points[bad[0]].tolist()})",
+                        hint="the model is damaged: re-run structure from motion (or re-export the model)",
+                        path=model_dir)
     return ColmapScene(cameras, points, colors, float(rec.compute_mean_reprojection_error()))
