@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import math
 import sys
 import time
@@ -76,6 +77,7 @@ class Reporter:
         self._bars: dict[str, Any] = {}
         self._progress_since: dict[str, float] = {}  # stage -> time of its first progress event
         self._etas: dict[str, EtaEstimator] = {}
+        self._caller_gone = False
 
     # -- sinks -------------------------------------------------------------------------------
     def attach_log(self, path: Path) -> None:
@@ -103,12 +105,28 @@ class Reporter:
                 self._log.flush()
             except OSError:  # a full disk: the events still reach the caller, who is told why
                 self._drop_log()
-        if self.json_mode:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        elif not self.quiet:
-            self._human(obj)
+        if self._caller_gone:
+            return obj
+        try:
+            if self.json_mode:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            elif not self.quiet:
+                self._human(obj)
+        except (BrokenPipeError, ConnectionResetError):
+            self._on_caller_gone()
         return obj
+
+    def _on_caller_gone(self) -> None:
+        """Whoever reads the events has gone (Blender quit or was killed): stop as on Ctrl-C, so that a
+        running training saves a checkpoint and exits instead of working on as an orphan."""
+        self._caller_gone = True
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.write(json.dumps({"event": "log", "v": PROTOCOL_VERSION, "time": round(time.time(), 3),
+                                            "message": "the event stream was closed by its reader: stopping"}) + "\n")
+                self._log.flush()
+        signal.raise_signal(signal.SIGTERM)
 
     def _human(self, obj: dict) -> None:
         kind = obj["event"]

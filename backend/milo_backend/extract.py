@@ -301,6 +301,16 @@ def final_mesh(phase: MeshPhase, out: Path, image_fn: Callable[[Camera], torch.T
 def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", iterations: int | None = None,
                 remove_unseen: bool = False, renderer: str = "auto", keep_fragments: bool = False) -> dict:
     """Extract the final mesh of a finished training run folder; returns the output paths."""
+    from milo_backend.run_folder import locked_run_folder
+
+    if not Path(run).is_dir():
+        raise MiloError(f"no training run at {run}", hint="pass the output folder of train", path=run)
+    with locked_run_folder(run):
+        return _extract_run(Path(run), reporter, device, iterations, remove_unseen, renderer, keep_fragments)
+
+
+def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | None, remove_unseen: bool,
+                 renderer: str, keep_fragments: bool) -> dict:
     from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
     from milo_backend.data.images import ImageCache
     from milo_backend.device import select_device

@@ -32,6 +32,7 @@ from milo_backend.gaussians.init import init_from_points, init_random, random_st
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
+from milo_backend.run_folder import locked_run_folder
 from milo_backend.appearance import decoupled_photometric_loss, make_appearance
 from milo_backend.depth_prior import LAMBDA_DEPTH_ORDER, DepthPrior, depth_order_loss
 from milo_backend.extract import final_mesh
@@ -119,7 +120,14 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
 
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, reporter: Reporter, resume: bool = False) -> dict:
     out = Path(out)
-    prepare_output(out, resume)
+    if resume and not out.is_dir():
+        prepare_output(out, resume)  # refuses, without creating the folder
+    with locked_run_folder(out):  # a second job into the same folder is refused, even one started now
+        prepare_output(out, resume)
+        return _train_in(data, out, cfg, reporter, resume)
+
+
+def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: bool) -> dict:
     reporter.attach_log(out / "log.jsonl")
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)

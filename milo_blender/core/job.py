@@ -9,12 +9,17 @@ A job is a sequence of `Step`s (the backend set-up is several commands; a recons
 that speak the JSON-lines protocol have their events parsed; other steps (pip) are logged as text. Every
 line also goes to the job's log file, which survives the job and is what "Open log" shows.
 
+A backend that prints nothing for `stall_timeout_s` (a hang, a dead NFS mount) is stopped like a cancel
+and reported as failed, so the panel never waits forever; a JSON step that exits 0 without its `done`
+event (another program, garbage on stdout) fails instead of importing nothing.
+
 Cancel sends SIGINT to the whole process group (the backend saves a checkpoint and exits with 130),
 escalating to SIGTERM and SIGKILL if it does not stop in time; when the leader exits, anything left in
 its group is killed, so no orphan keeps a GPU busy.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import queue
@@ -30,6 +35,9 @@ from typing import Callable, Iterable, Sequence
 from .protocol import CANCELLED, CANCELLING, FAILED, RUNNING, JobState, apply_event, finish, parse_line
 
 _WINDOWS = sys.platform == "win32"
+# The backend reports at least every few seconds while it works (progress, stage, log events); its
+# longest silent calls (one Delaunay or bundle adjustment of a large scene) take minutes, not this long.
+STALL_TIMEOUT_S = 30 * 60.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,8 @@ class Step:
 
 class Job:
     def __init__(self, steps: Iterable[Step], log_path: str | Path | None = None, env: dict | None = None,
-                 cwd: str | Path | None = None, cancel_grace_s: float = 60.0, kill_grace_s: float = 10.0):
+                 cwd: str | Path | None = None, cancel_grace_s: float = 60.0, kill_grace_s: float = 10.0,
+                 stall_timeout_s: float | None = STALL_TIMEOUT_S):
         self.steps = list(steps)
         if not self.steps:
             raise ValueError("a job needs at least one step")
@@ -50,6 +59,7 @@ class Job:
         self.cwd = cwd
         self.cancel_grace_s = cancel_grace_s   # time to save a checkpoint after SIGINT
         self.kill_grace_s = kill_grace_s       # after SIGTERM, before SIGKILL
+        self.stall_timeout_s = stall_timeout_s  # no output for this long: stopped as stuck
         self.state = JobState()
         self.events: list[dict] = []           # every event seen, in order
         self._queue: queue.Queue = queue.Queue()
@@ -59,6 +69,8 @@ class Job:
         self._log_lock = threading.Lock()
         self._cancel_requested_at: float | None = None
         self._escalation = 0
+        self._last_output = time.monotonic()
+        self._stalled_s: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Job":
@@ -84,6 +96,7 @@ class Job:
                 kind, payload = self._queue.get_nowait()
             except queue.Empty:
                 break
+            self._last_output = time.monotonic()
             if kind == "out":
                 event = parse_line(payload) if self.steps[self._index].json else \
                     {"event": "log", "message": payload.rstrip("\r\n")}
@@ -95,6 +108,7 @@ class Job:
                 new.append(event)
             elif kind == "exit":
                 new.extend(self._on_exit(payload))
+        self._check_stall()
         self._escalate_cancel()
         return new
 
@@ -189,10 +203,37 @@ class Job:
             t.join(timeout=10)
         self._queue.put(("exit", returncode))  # after every line: exit is always the last item
 
+    def _check_stall(self) -> None:
+        if self.stall_timeout_s is None or self.finished or self._cancel_requested_at is not None:
+            return
+        silent = time.monotonic() - self._last_output
+        if silent > self.stall_timeout_s:
+            self._stalled_s = silent
+            self._log(f"[no output for {silent:.0f} s: stopping the backend]\n")
+            self.cancel()
+
     def _on_exit(self, returncode: int) -> list[dict]:
         self._log(f"[exit code {returncode}]\n")
+        self._last_output = time.monotonic()  # the next step's silence counts from its start
         cancel = self._cancel_requested_at is not None
         last = self._index == len(self.steps) - 1
+        step = self.steps[self._index]
+        if self._stalled_s is not None:
+            finish(self.state, returncode, "".join(self._stderr_tail), cancel_requested=True)
+            self.state.status = FAILED
+            self.state.message = (f"'{step.label}' printed nothing for {self._stalled_s / 60:.0f} min and was "
+                                  "stopped (it looked stuck)")
+            self.state.hint = ("see the log; Resume continues from the last checkpoint" if self.state.checkpoint
+                               else "see the log for the last thing it did")
+            return []
+        if returncode == 0 and step.json and not cancel and self.state.status != FAILED and \
+                not any(e.get("event") == "done" for e in self.events):
+            self.state.status = FAILED
+            self.state.message = f"'{step.label}' ended without reporting its results"
+            self.state.hint = ("see the log: its output was not the MILo event protocol (is the chosen Python's "
+                               "milo_backend a matching version?)")
+            finish(self.state, returncode)
+            return []
         if returncode == 0 and not last and not cancel and self.state.status != FAILED:
             self._start_step(self._index + 1)
             return []
@@ -282,7 +323,13 @@ def running(kind: str) -> Job | None:
 
 
 def stop_all(timeout: float = 5.0) -> None:
-    """Kill every running job (extension disabled, another file loaded)."""
+    """Stop every running job (extension disabled, another file loaded, Blender quitting): each gets a
+    short chance to save a checkpoint, then is killed."""
     for job in list(_jobs.values()):
         if not job.finished:
             job.terminate(timeout=timeout)
+
+
+# Blender quitting: the backends run in their own process groups, so nothing else would stop them. (If
+# Blender is killed instead, the backend notices its closed stdout and stops itself after a checkpoint.)
+atexit.register(stop_all)

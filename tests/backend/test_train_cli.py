@@ -143,6 +143,55 @@ def test_resume_without_checkpoints_keeps_the_finished_run(trained, tiny_scene, 
     assert (copy / "gaussians.ply").read_bytes() == before
 
 
+def test_a_second_job_into_a_busy_run_folder_is_refused_and_a_killed_one_leaves_no_lock(tiny_scene, tmp_path,
+                                                                                          cli):
+    from milo_backend.run_folder import locked_run_folder
+
+    out = tmp_path / "dossier partagé"
+    first = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
+                              "--iterations", "2000", "--device", "cpu", "--no-mesh", "--json"],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in first.stdout:  # until the first job is training
+            if '"stage": "train", "step"' in line:
+                break
+        for command in (["train", tiny_scene, out, "--iterations", 5, "--device", "cpu"],
+                        ["train", tiny_scene, out, "--iterations", 5, "--device", "cpu", "--resume"],
+                        ["extract", out, "--device", "cpu"]):
+            code, events, err = cli.run(*command)
+            assert code == 2 and events[-1]["event"] == "error", err
+            assert "another MILo job is writing into" in events[-1]["message"]
+            assert f"pid {first.pid}" in events[-1]["message"] and "cancel" in events[-1]["hint"]
+    finally:
+        first.kill()  # SIGKILL: no chance to clean up
+        first.communicate(timeout=60)
+    with locked_run_folder(out):  # the kernel released the dead job's lock
+        pass
+
+
+def test_when_the_reader_of_the_events_goes_away_training_checkpoints_and_exits(tiny_scene, tmp_path):
+    """Blender quit or was killed mid-run: the backend (in its own process group) must not train on as an
+    orphan. Its stdout pipe closes; the next event fails to reach anyone."""
+    out = tmp_path / "orphelin"
+    proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
+                             "--iterations", "2000", "--device", "cpu", "--no-mesh", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if '"stage": "train", "step"' in line:
+            break
+    proc.stdout.close()  # the reader is gone
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the backend kept training after its reader had gone") from None
+    assert proc.returncode == 130, err[-2000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert log[-1]["event"] == "cancelled" and Path(log[-1]["checkpoint"]).is_file()
+    assert "Traceback" not in err
+
+
 def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cli):
     out = tmp_path / "run with spaces"
     proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),

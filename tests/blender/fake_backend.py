@@ -3,7 +3,9 @@ contracts (refuse an output folder holding a run unless --resume, checkpoint + e
 error + exit 2 on bad input), but trains nothing, so extension tests control timing and failures.
 
 MILO_FAKE_MODE: "ok" (default), "crash" (killed mid-run, no event: like the OOM killer), "child"
-(also starts a grandchild process in its group, which the runner must not leave behind).
+(also starts a grandchild process in its group, which the runner must not leave behind), "silent" (hangs
+without a word after its first steps, ignoring SIGINT: a stuck backend), "garbage" (prints text that is
+not the protocol and exits 0: another program, or a mismatched version).
 MILO_FAKE_STEP_S: seconds per step (default 0.01). MILO_FAKE_STEPS overrides --iterations.
 The scene's up is world +Y, so the extension's up-axis estimation has something to do.
 """
@@ -73,6 +75,9 @@ def train(args) -> int:
         # a worker process in the same group: must die with the backend
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         (out / "child.pid").write_text(str(child.pid))
+    if mode == "garbage":
+        print("Hello from some other program\n{not json}", flush=True)
+        return 0
     emit("stage", stage="load", message=f"Loading {data}")
     cams = fake_cameras()
     (out / "cameras.json").write_text(json.dumps({"cameras": [c.to_json() for c in cams], "extent": 3.3}))
@@ -100,6 +105,9 @@ def train(args) -> int:
             preview.parent.mkdir(exist_ok=True)
             Image.fromarray(np.full((8, 16, 3), it % 255, np.uint8)).save(preview)
             emit("artifact", kind="preview", path=str(preview.resolve()))
+        if mode == "silent" and it == 3:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            time.sleep(600)
         if mode == "crash" and it == total // 2:
             print("Fatal Python error: Segmentation fault", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

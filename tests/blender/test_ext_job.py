@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,48 @@ def test_crash_is_reported_and_leaves_no_orphan(fake_python, photos, tmp_path, m
     child = int((out / "child.pid").read_text())
     assert wait_for(lambda: not pid_alive(child), timeout=5), "the backend's child process survived"
     assert not group_alive(job.pid)
+
+
+def test_a_backend_that_stops_printing_is_stopped_and_reported(fake_python, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("MILO_FAKE_MODE", "silent")
+    job = Job([train_step(fake_python, photos, tmp_path / "out", "--iterations", "40")], stall_timeout_s=2.0,
+              cancel_grace_s=0.5, kill_grace_s=0.5).start()
+    state = job.wait(timeout=120)
+    assert state.status == FAILED and "printed nothing" in state.message and "stuck" in state.message
+    assert state.step == 3 and "log" in state.hint
+    assert not group_alive(job.pid)
+
+
+def test_output_that_is_not_the_protocol_fails_instead_of_importing_nothing(fake_python, photos, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("MILO_FAKE_MODE", "garbage")
+    state = Job([train_step(fake_python, photos, tmp_path / "out")]).start().wait(timeout=60)
+    assert state.returncode == 0 and state.status == FAILED
+    assert "without reporting its results" in state.message and "version" in state.hint
+
+
+_QUIT_WHILE_RUNNING = """
+import sys, time
+from milo_blender.core import job as jobs
+from milo_blender.core.job import Job, Step
+running = jobs.start("reconstruct", Job([Step(sys.argv[1:], "train")]))
+while running.state.step < 2:
+    running.poll()
+    time.sleep(0.02)
+print(running.pid, flush=True)
+"""  # ... and the interpreter exits, as Blender's does when the user quits
+
+
+def test_quitting_the_host_stops_its_running_backend(fake_python, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("MILO_FAKE_STEP_S", "0.05")
+    out = tmp_path / "out"
+    host = subprocess.run([sys.executable, "-c", _QUIT_WHILE_RUNNING, str(fake_python), "-m", "milo_backend",
+                           "train", str(photos), str(out), "--json", "--iterations", "5000"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert host.returncode == 0, host.stderr
+    backend = int(host.stdout.strip())
+    assert wait_for(lambda: not group_alive(backend), timeout=10), "the backend outlived the host"
+    assert (out / "checkpoints" / "latest.pt").read_text().isdigit()  # it was asked to stop, not killed
 
 
 def test_missing_interpreter_fails_cleanly(tmp_path):
