@@ -147,7 +147,9 @@ def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: boo
         smaller = SMALLER_PRESET.get(cfg.preset)
         hint = (f"use --preset {smaller}" if smaller else "use a smaller --max-size") + \
             " (or --max-size to train on smaller images); then --resume continues from the last checkpoint"
-        raise MiloError(f"the GPU ran out of memory with preset {cfg.preset!r}", hint=hint) from exc
+        saved = latest_checkpoint(out)
+        raise MiloError(f"the GPU ran out of memory with preset {cfg.preset!r}" +
+                        (f"; the run was saved in {saved}" if saved else ""), hint=hint) from exc
 
 
 def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device, resume: bool) -> dict:
@@ -238,34 +240,41 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
             set_position_lr(model, it, sched.position_lr_decay_steps, extent)
 
-            # the per-Gaussian statistics feed the "blurry" split of the densification window
-            splats = model.splats()  # shared by the render and the flatness term
-            out_r = render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
-            out_r.means2d.retain_grad()
-            if appearance is None:
-                photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
-            else:
-                photo = decoupled_photometric_loss(out_r.color, appearance(out_r.color, view), gt, cfg.lambda_ssim)
-            loss = photo
-            if it >= sched.depth_normal_from:
-                loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
-                    out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
-                if cfg.lambda_flat:
-                    loss = loss + cfg.lambda_flat * losses.flatness_loss(splats.scales, extent)
-                if prior is not None:
-                    loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
-                                                                        extent)
-            if cfg.mesh and it >= sched.mesh_from and mesh.started_at is None:
-                mesh.start(it)
-            if mesh.active:
-                loss = loss + mesh.loss(cam, out_r.depth_median)[0]
-            if not torch.isfinite(loss):
-                good = latest_checkpoint(out)
-                raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
-                                hint=(f"the last good checkpoint ({good}) is kept: resume with --resume, or "
-                                      "restart with a lower --max-size") if good else
-                                "restart with different settings (e.g. a lower --max-size)")
-            loss.backward()
+            try:  # nothing below changes the model: on running out of memory, its state is saved as is
+                # the per-Gaussian statistics feed the "blurry" split of the densification window
+                splats = model.splats()  # shared by the render and the flatness term
+                out_r = render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
+                out_r.means2d.retain_grad()
+                if appearance is None:
+                    photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
+                else:
+                    photo = decoupled_photometric_loss(out_r.color, appearance(out_r.color, view), gt, cfg.lambda_ssim)
+                loss = photo
+                if it >= sched.depth_normal_from:
+                    loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
+                        out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
+                    if cfg.lambda_flat:
+                        loss = loss + cfg.lambda_flat * losses.flatness_loss(splats.scales, extent)
+                    if prior is not None:
+                        loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
+                                                                            extent)
+                if cfg.mesh and it >= sched.mesh_from and mesh.started_at is None:
+                    mesh.start(it)
+                if mesh.active:
+                    loss = loss + mesh.loss(cam, out_r.depth_median)[0]
+                if not torch.isfinite(loss):
+                    good = latest_checkpoint(out)
+                    raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
+                                    hint=(f"the last good checkpoint ({good}) is kept: resume with --resume, or "
+                                          "restart with a lower --max-size") if good else
+                                    "restart with different settings (e.g. a lower --max-size)")
+                loss.backward()
+            except torch.OutOfMemoryError:
+                out_r = loss = splats = None  # let the failed step's tensors go before saving
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                save()
+                raise
             if it <= sched.densify_until:
                 densify.accumulate(stats, out_r, cam)
             for opt in model.optimizers.values():

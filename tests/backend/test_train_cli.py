@@ -238,17 +238,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_scene, tmp_path,
     assert all(torch.isfinite(v).all() for v in ckpt["model"]["params"].values())
 
 
-def test_gpu_out_of_memory_names_a_smaller_preset(tiny_scene, tmp_path, monkeypatch):
+def test_gpu_out_of_memory_saves_the_run_names_a_smaller_preset_and_resume_continues(tiny_scene, tmp_path,
+                                                                                      monkeypatch):
     from milo_backend import train as train_mod
+    from milo_backend.checkpoint import load_checkpoint
 
-    def oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+    real_render, calls = train_mod.render, {"n": 0}
 
-    monkeypatch.setattr(train_mod, "render", oom)
+    def render_until_memory_runs_out(*args, **kwargs):  # the GPU's memory runs out at the 8th render
+        calls["n"] += 1
+        if calls["n"] >= 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_render(*args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "render", render_until_memory_runs_out)
     with pytest.raises(MiloError) as exc:
-        train_mod.train(tiny_scene, tmp_path / "run", TrainConfig(iterations=10, device="cpu", preset="default"),
-                        NullReporter())
+        train_mod.train(tiny_scene, run, TrainConfig(iterations=12, device="cpu", preset="default", mesh=False,
+                                                    extract_mesh=False, checkpoint_every=12), NullReporter())
     assert "out of memory" in exc.value.message and "--preset lowres" in exc.value.hint
+    assert "--resume" in exc.value.hint and str(run / "checkpoints") in exc.value.message
+    saved = load_checkpoint(run)["run"]["iteration"]
+    assert 1 <= saved < 12  # the state when memory ran out (no periodic checkpoint before the end here)
+    monkeypatch.setattr(train_mod, "render", real_render)
+    outputs = train_mod.train(tiny_scene, run, TrainConfig(iterations=12, device="cpu", preset="lowres", mesh=False,
+                                                           extract_mesh=False), NullReporter(), resume=True)
+    assert Path(outputs["gaussians"]).is_file() and load_checkpoint(run)["run"]["iteration"] == 12
 
 
 def test_bad_options_are_user_errors(tiny_scene, tmp_path, cli):
