@@ -225,22 +225,23 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     preview_every = cfg.preview_every or max(1, cfg.iterations // 10)
     reporter.stage("train", f"Training {cfg.iterations} iterations on {device.type}")
     last_emit = 0.0
+    whole = True  # the model and run state describe a whole iteration (not mid-step, not mid-densify)
     with StopFlag() as flag:
-        while state.iteration < cfg.iterations:
-            if flag.stop:
-                path = save()
-                raise Cancelled(str(path.resolve()))
-            it = state.iteration + 1
-            if not state.order:
-                state.order = random.sample(range(len(cams)), len(cams))
-            view = state.order.pop()
-            cam = train_cameras(it)[view]
-            gt = training_image(images, cam, background)
+        try:
+            while state.iteration < cfg.iterations:
+                if flag.stop:
+                    path = save()
+                    raise Cancelled(str(path.resolve()))
+                it = state.iteration + 1
+                if not state.order:
+                    state.order = random.sample(range(len(cams)), len(cams))
+                view = state.order.pop()
+                cam = train_cameras(it)[view]
+                gt = training_image(images, cam, background)
 
-            model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
-            set_position_lr(model, it, sched.position_lr_decay_steps, extent)
+                model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
+                set_position_lr(model, it, sched.position_lr_decay_steps, extent)
 
-            try:  # nothing below changes the model: on running out of memory, its state is saved as is
                 # the per-Gaussian statistics feed the "blurry" split of the densification window
                 splats = model.splats()  # shared by the render and the flatness term
                 out_r = render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
@@ -269,67 +270,70 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                                           "restart with a lower --max-size") if good else
                                     "restart with different settings (e.g. a lower --max-size)")
                 loss.backward()
-            except torch.OutOfMemoryError:
-                out_r = loss = splats = None  # let the failed step's tensors go before saving
+                whole = False
+                if it <= sched.densify_until:
+                    densify.accumulate(stats, out_r, cam)
+                for opt in model.optimizers.values():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                mesh.after_step(it)
+                if appearance_opt is not None:
+                    appearance_opt.step()
+                    appearance_opt.zero_grad(set_to_none=True)
+                state.iteration = it
+
+                # -- schedule events (section 1 of the method notes) --------------------------------
+                changed = False
+                if sched.is_densify_step(it):
+                    densify.densify_and_prune(model, stats, extent, grad_threshold=cfg.densify_grad_threshold,
+                                              prune_opacity=cfg.prune_opacity,
+                                              max_gaussians=max_gaussians)
+                    changed = True
+                if sched.is_aggressive_clone_step(it):
+                    w = gather_weight_stats(render_stats, train_cameras(it), len(model))
+                    densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated,
+                                             max_gaussians=max_gaussians)
+                    changed = True
+                if it == sched.depth_reinit_at:
+                    densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
+                                         render_stats, n_points=min(len(model), max_gaussians))
+                    make_optimizers(model, extent)
+                    changed = True
+                if it == sched.simplify_at:
+                    simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
+                                           keep_fraction=cfg.simplify_keep_fraction)
+                    make_optimizers(model, extent)  # as the published code: fresh Adam after simplification
+                    changed = True
+                if it == sched.simplify2_at:  # drop the bottom 1% of importance
+                    simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
+                                           keep_mass=0.99)
+                    changed = True
+                if changed:
+                    stats = densify.DensifyStats.empty(len(model), device)
+                if changed or it % sched.filter_3d_every == 0:
+                    update_filter()
+                whole = True
+
+                # -- reporting ------------------------------------------------------------------------
+                now = time.monotonic()
+                if now - last_emit > 0.2 or it == cfg.iterations:
+                    last_emit = now
+                    psnr = float(losses.psnr(out_r.color.detach(), gt))
+                    record = {"step": it, "loss": float(loss.detach()), "psnr": psnr, "gaussians": len(model)}
+                    state.history.append(record)
+                    reporter.progress("train", it, cfg.iterations, loss=record["loss"], psnr=psnr,
+                                      gaussians=len(model))
+                if it % preview_every == 0 or it == cfg.iterations:
+                    reporter.artifact("preview", write_preview(out, it, cams[0], render_at, images, background))
+                if it % ckpt_every == 0 and it != cfg.iterations:
+                    save()
+        except torch.OutOfMemoryError:
+            if whole:  # save the run as it was before the failed step; --resume continues from it
+                out_r = loss = splats = None  # let the failed step's tensors go first
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 save()
-                raise
-            if it <= sched.densify_until:
-                densify.accumulate(stats, out_r, cam)
-            for opt in model.optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            mesh.after_step(it)
-            if appearance_opt is not None:
-                appearance_opt.step()
-                appearance_opt.zero_grad(set_to_none=True)
-            state.iteration = it
-
-            # -- schedule events (section 1 of the method notes) --------------------------------
-            changed = False
-            if sched.is_densify_step(it):
-                densify.densify_and_prune(model, stats, extent, grad_threshold=cfg.densify_grad_threshold,
-                                          prune_opacity=cfg.prune_opacity,
-                                          max_gaussians=max_gaussians)
-                changed = True
-            if sched.is_aggressive_clone_step(it):
-                w = gather_weight_stats(render_stats, train_cameras(it), len(model))
-                densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated,
-                                         max_gaussians=max_gaussians)
-                changed = True
-            if it == sched.depth_reinit_at:
-                densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
-                                     render_stats, n_points=min(len(model), max_gaussians))
-                make_optimizers(model, extent)
-                changed = True
-            if it == sched.simplify_at:
-                simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
-                                       keep_fraction=cfg.simplify_keep_fraction)
-                make_optimizers(model, extent)  # as the published code: fresh Adam after simplification
-                changed = True
-            if it == sched.simplify2_at:  # drop the bottom 1% of importance
-                simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
-                                       keep_mass=0.99)
-                changed = True
-            if changed:
-                stats = densify.DensifyStats.empty(len(model), device)
-            if changed or it % sched.filter_3d_every == 0:
-                update_filter()
-
-            # -- reporting ------------------------------------------------------------------------
-            now = time.monotonic()
-            if now - last_emit > 0.2 or it == cfg.iterations:
-                last_emit = now
-                psnr = float(losses.psnr(out_r.color.detach(), gt))
-                record = {"step": it, "loss": float(loss.detach()), "psnr": psnr, "gaussians": len(model)}
-                state.history.append(record)
-                reporter.progress("train", it, cfg.iterations, loss=record["loss"], psnr=psnr,
-                                  gaussians=len(model))
-            if it % preview_every == 0 or it == cfg.iterations:
-                reporter.artifact("preview", write_preview(out, it, cams[0], render_at, images, background))
-            if it % ckpt_every == 0 and it != cfg.iterations:
-                save()
+            raise
 
     save()
     ply = write_ply(model, out / "gaussians.ply")

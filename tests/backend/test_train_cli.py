@@ -243,24 +243,26 @@ def test_gpu_out_of_memory_saves_the_run_names_a_smaller_preset_and_resume_conti
     from milo_backend import train as train_mod
     from milo_backend.checkpoint import load_checkpoint
 
-    real_render, calls = train_mod.render, {"n": 0}
+    from milo_backend import losses
 
-    def render_until_memory_runs_out(*args, **kwargs):  # the GPU's memory runs out at the 8th render
+    real_loss, calls = losses.photometric_loss, {"n": 0}
+
+    def loss_until_memory_runs_out(*args, **kwargs):  # the GPU's memory runs out in the 8th training step
         calls["n"] += 1
         if calls["n"] >= 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_render(*args, **kwargs)
+        return real_loss(*args, **kwargs)
 
     run = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "render", render_until_memory_runs_out)
+    monkeypatch.setattr(losses, "photometric_loss", loss_until_memory_runs_out)
     with pytest.raises(MiloError) as exc:
         train_mod.train(tiny_scene, run, TrainConfig(iterations=12, device="cpu", preset="default", mesh=False,
                                                     extract_mesh=False, checkpoint_every=12), NullReporter())
     assert "out of memory" in exc.value.message and "--preset lowres" in exc.value.hint
     assert "--resume" in exc.value.hint and str(run / "checkpoints") in exc.value.message
     saved = load_checkpoint(run)["run"]["iteration"]
-    assert 1 <= saved < 12  # the state when memory ran out (no periodic checkpoint before the end here)
-    monkeypatch.setattr(train_mod, "render", real_render)
+    assert saved == 7  # the state when memory ran out (no periodic checkpoint before the end here)
+    monkeypatch.setattr(losses, "photometric_loss", real_loss)
     outputs = train_mod.train(tiny_scene, run, TrainConfig(iterations=12, device="cpu", preset="lowres", mesh=False,
                                                            extract_mesh=False), NullReporter(), resume=True)
     assert Path(outputs["gaussians"]).is_file() and load_checkpoint(run)["run"]["iteration"] == 12
