@@ -12,18 +12,15 @@ import torch
 
 from milo_backend.atomic import atomic_path
 from milo_backend.errors import MiloError
+from milo_backend.run_folder import RunFolder
 
 
 def checkpoint_dir(out: Path) -> Path:
-    return Path(out) / "checkpoints"
+    return RunFolder(out).checkpoints
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    for name in ("latest.pt", "previous.pt"):
-        p = checkpoint_dir(out) / name
-        if p.exists():
-            return p
-    return None
+    return RunFolder(out).checkpoint
 
 
 def _tensor_bytes(obj) -> int:
@@ -37,21 +34,20 @@ def _tensor_bytes(obj) -> int:
 
 
 def save_checkpoint(out: Path, payload: dict) -> Path:
-    d = checkpoint_dir(out)
-    d.mkdir(parents=True, exist_ok=True)
-    latest = d / "latest.pt"
+    run = RunFolder(out)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = run.latest_checkpoint
     # on a full disk, say what the folder needs: latest, previous and the copy being written
     with atomic_path(latest, needs=3 * _tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
         if latest.exists():  # keep one generation back
-            os.replace(latest, d / "previous.pt")
+            os.replace(latest, run.previous_checkpoint)
     return latest
 
 
 def load_checkpoint(out: Path) -> dict:
     errors = []
-    for name in ("latest.pt", "previous.pt"):
-        p = checkpoint_dir(out) / name
+    for p in (RunFolder(out).latest_checkpoint, RunFolder(out).previous_checkpoint):
         if not p.exists():
             continue
         try:

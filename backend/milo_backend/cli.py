@@ -14,6 +14,7 @@ from pathlib import Path
 from milo_backend import __version__
 from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
+from milo_backend.run_folder import RunFolder
 
 
 class UsageError(Exception):
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         from milo_backend.data.features import SfmOptions
         from milo_backend.data.sfm import run_sfm
 
-        reporter.attach_log(args.out / "log.jsonl")
+        reporter.attach_log(RunFolder(args.out).log)
         result = run_sfm(args.images, args.out, reporter, SfmOptions(num_threads=args.threads))
         reporter.done(dataset=str(Path(result).resolve()))
     elif cmd == "render":
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         from milo_backend.extract import extract_run
 
         if args.run.is_dir():
-            reporter.attach_log(args.run / "log.jsonl")
+            reporter.attach_log(RunFolder(args.run).log)
         outputs = extract_run(args.run, reporter, device=args.device, iterations=args.iterations,
                               remove_unseen=args.remove_unseen, renderer=args.renderer,
                               keep_fragments=args.keep_fragments)

@@ -17,6 +17,7 @@ from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.ply import read_ply, write_ply
 from milo_backend.previews import to_uint8
 from milo_backend.render import render
+from milo_backend.run_folder import RunFolder
 
 
 def read_cameras(path: str | Path) -> list[Camera]:
@@ -36,7 +37,7 @@ def read_cameras(path: str | Path) -> list[Camera]:
 
 def gaussians_path(source: str | Path) -> Path:
     source = Path(source)
-    ply = source / "gaussians.ply" if source.is_dir() else source
+    ply = RunFolder(source).gaussians if source.is_dir() else source
     if not ply.exists():
         raise MiloError(f"no Gaussians at {ply}", hint="pass a finished training run folder or a 3DGS .ply file",
                         path=ply)
@@ -100,12 +101,13 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
 
     run = Path(run)
     dev = select_device(device)
-    cameras = [c for c in read_cameras(run / "cameras.json") if c.split == "test"]
+    cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "test"]
     if not cameras:
         raise MiloError(f"the run in {run} has no held-out views",
                         hint="train with --eval (every 8th image held out) or a dataset with a test split",
-                        path=run / "cameras.json")
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+                        path=RunFolder(run).cameras)
+    config_path = RunFolder(run).config
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
     bg = torch.full((3,), 1.0 if config.get("white_background") else 0.0, device=dev)
     splats, sh_degree = load_splats(run, dev, reporter)
     images = ImageCache()
@@ -121,6 +123,6 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
     metrics = {"views": len(per_view),
                "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
                "ssim": sum(v["ssim"] for v in per_view) / len(per_view), "per_view": per_view}
-    write_json(run / "eval.json", metrics)
-    reporter.artifact("eval", run / "eval.json")
+    write_json(RunFolder(run).eval, metrics)
+    reporter.artifact("eval", RunFolder(run).eval)
     return metrics

@@ -32,6 +32,7 @@ from milo_backend.mesh_io import write_mesh_ply
 from milo_backend.mesh_phase import MeshPhase, project_points, surface_along_rays
 from milo_backend.previews import save_panel, to_uint8
 from milo_backend.render import render
+from milo_backend.run_folder import RunFolder
 
 # Section 8 at the base schedule (18k iterations): 1000 SDF-only steps, labels every 100; scaled
 # with --iterations like every other interval (`Schedule.every`).
@@ -250,11 +251,12 @@ def write_mesh_outputs(out: Path, mesh: ColouredMesh, preview_cameras: Sequence[
     """mesh.ply, mesh_stats.json and previews/mesh_*.png; returns {"mesh": path, "mesh_stats": path}."""
     reporter = reporter or NullReporter()
     out = Path(out)
-    ply = write_mesh_ply(out / "mesh.ply", mesh.verts, mesh.faces, mesh.colors)
+    run = RunFolder(out)
+    ply = write_mesh_ply(run.mesh, mesh.verts, mesh.faces, mesh.colors)
     reporter.artifact("mesh", ply)
-    stats = write_json(out / "mesh_stats.json", mesh_stats(len(mesh.verts), mesh.faces))
+    stats = write_json(run.mesh_stats, mesh_stats(len(mesh.verts), mesh.faces))
     reporter.artifact("mesh_stats", stats)
-    for path in mesh_previews(out / "previews", mesh, preview_cameras, image_fn):
+    for path in mesh_previews(run.previews, mesh, preview_cameras, image_fn):
         reporter.artifact("mesh_preview", path)
     return {"mesh": str(ply.resolve()), "mesh_stats": str(stats.resolve())}
 
@@ -320,10 +322,10 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
     run = Path(run)
     dev = select_device(device)
     cfg = _run_config(run)
-    cameras = [c for c in read_cameras(run / "cameras.json") if c.split == "train"]
+    cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "train"]
     if len(cameras) < 2:
         raise MiloError(f"{run / 'cameras.json'} has {len(cameras)} training view(s)",
-                        hint="extraction needs the training cameras of the run (at least 2)", path=run / "cameras.json")
+                        hint="extraction needs the training cameras of the run (at least 2)", path=RunFolder(run).cameras)
     state = None
     model = load_gaussians(run, reporter, dev)  # also repairs a damaged gaussians.ply, as render and eval do
     if latest_checkpoint(run) is not None:  # the unbaked state and the mesh phase's, to continue exactly
@@ -362,7 +364,7 @@ def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: dic
 def _run_config(run: Path) -> dict:
     if not run.is_dir():
         raise MiloError(f"no training run at {run}", hint="pass the output folder of `train`", path=run)
-    path = run / "config.json"
+    path = RunFolder(run).config
     if not path.exists():
         return {}
     try:

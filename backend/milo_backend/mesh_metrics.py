@@ -244,9 +244,10 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
     from milo_backend.atomic import write_json
     from milo_backend.errors import MiloError
     from milo_backend.mesh_io import read_mesh
+    from milo_backend.run_folder import RunFolder
 
     source = Path(source)
-    mesh_path = source / "mesh.ply" if source.is_dir() else source
+    mesh_path = RunFolder(source).mesh if source.is_dir() else source
     if source.is_dir() and not mesh_path.exists():
         raise MiloError(f"no mesh in {source}", hint="run `extract` on the run first (or train without --no-extract)",
                         path=mesh_path)
@@ -264,7 +265,7 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
     metrics = {"mesh": str(mesh_path.resolve()), "gt": str(Path(gt).resolve()),
                **mesh_metrics(pred_v, pred_f, gt_v, gt_f, threshold=threshold, n_samples=n_samples, crop=crop)}
     if source.is_dir():
-        write_json(source / "mesh_eval.json", metrics)
+        write_json(RunFolder(source).mesh_eval, metrics)
         if reporter is not None:
-            reporter.artifact("mesh_eval", source / "mesh_eval.json")
+            reporter.artifact("mesh_eval", RunFolder(source).mesh_eval)
     return metrics

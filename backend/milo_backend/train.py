@@ -32,7 +32,7 @@ from milo_backend.gaussians.init import init_from_points, init_random, random_st
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
-from milo_backend.run_folder import locked_run_folder
+from milo_backend.run_folder import RunFolder, locked_run_folder
 from milo_backend.appearance import decoupled_photometric_loss, make_appearance
 from milo_backend.depth_prior import LAMBDA_DEPTH_ORDER, DepthPrior, depth_order_loss
 from milo_backend.extract import final_mesh
@@ -76,7 +76,7 @@ class StopFlag:
 def prepare_output(out: Path, resume: bool) -> None:
     """Refuse to silently overwrite a previous run; `--resume` continues it."""
     if resume:
-        if latest_checkpoint(out) is None and not (out / "gaussians.ply").exists():
+        if latest_checkpoint(out) is None and not RunFolder(out).gaussians.exists():
             raise MiloError(f"nothing to resume in {out}", hint="run train without --resume", path=out)
         if latest_checkpoint(out) is None:  # a finished run whose checkpoints were deleted
             raise MiloError(f"{out} holds a finished run but no checkpoint (checkpoints/ is gone): there is "
@@ -84,7 +84,7 @@ def prepare_output(out: Path, resume: bool) -> None:
                             hint="`extract` rebuilds the mesh from gaussians.ply; to train again, choose "
                                  "another output folder", path=out)
         return
-    if latest_checkpoint(out) is not None or (out / "gaussians.ply").exists():
+    if latest_checkpoint(out) is not None or RunFolder(out).gaussians.exists():
         raise MiloError(f"{out} already holds a training run",
                         hint="add --resume to continue it, or choose another output folder", path=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, reporter: Reporte
 
 
 def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: bool) -> dict:
-    reporter.attach_log(out / "log.jsonl")
+    run = RunFolder(out)
+    reporter.attach_log(run.log)
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -137,10 +138,10 @@ def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: boo
     cams = dataset.train_cameras
     if len(cams) < 2:
         raise MiloError(f"only {len(cams)} training image(s) in {data}", hint="training needs at least 2 views")
-    write_json(out / "cameras.json", {"cameras": [c.to_json() for c in dataset.cameras],
+    write_json(run.cameras, {"cameras": [c.to_json() for c in dataset.cameras],
                                       "extent": camera_extent(cams)})
-    reporter.artifact("cameras", out / "cameras.json")
-    write_json(out / "config.json", cfg.to_json())
+    reporter.artifact("cameras", run.cameras)
+    write_json(run.config, cfg.to_json())
     try:
         return _train(dataset, out, cfg, reporter, device, resume)
     except torch.OutOfMemoryError as exc:
@@ -336,13 +337,14 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
             raise
 
     save()
-    ply = write_ply(model, out / "gaussians.ply")
+    run = RunFolder(out)
+    ply = write_ply(model, run.gaussians)
     reporter.artifact("gaussians", ply)
-    curve = save_loss_curve(out / "previews" / "loss.png", state.history)
+    curve = save_loss_curve(run.loss_curve, state.history)
     if curve:
         reporter.artifact("loss_curve", curve)
-    outputs = {"gaussians": str(ply.resolve()), "cameras": str((out / "cameras.json").resolve()),
-               "log": str((out / "log.jsonl").resolve())}
+    outputs = {"gaussians": str(ply.resolve()), "cameras": str(run.cameras.resolve()),
+               "log": str(run.log.resolve())}
     if cfg.extract_mesh:
         outputs.update(final_mesh(mesh, out, lambda c: training_image(images, c, background), sched,
                                   remove_unseen=cfg.remove_unseen, keep_fragments=cfg.keep_fragments,
@@ -365,4 +367,4 @@ def write_preview(out: Path, it: int, camera: Camera, render_at, images: ImageCa
         r = render_at(camera)
     tiles = [to_uint8(training_image(images, camera, background)), to_uint8(r.color), colorize_depth(r.depth_median),
              normals_image(r.normals)]
-    return save_panel(out / "previews" / f"train_{it:06d}.png", tiles)
+    return save_panel(RunFolder(out).preview(it), tiles)

@@ -2,61 +2,16 @@
 
 Starting a reconstruction into a folder that already holds a run must never overwrite it silently:
 the panel offers Resume for an interrupted run and Import for a finished one. The file names are the
-backend's (milo_backend/train.py, checkpoint.py).
+backend's own (`milo_backend.run_folder.RunFolder`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from milo_backend.errors import MiloError
+from milo_backend.run_folder import RunFolder
 
-CHECKPOINT_NAMES = ("latest.pt", "previous.pt")
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    path: Path
-
-    @property
-    def gaussians(self) -> Path:
-        return self.path / "gaussians.ply"
-
-    @property
-    def mesh(self) -> Path:
-        return self.path / "mesh.ply"
-
-    @property
-    def cameras(self) -> Path:
-        return self.path / "cameras.json"
-
-    @property
-    def log(self) -> Path:
-        return self.path / "log.jsonl"
-
-    @property
-    def checkpoint(self) -> Path | None:
-        for name in CHECKPOINT_NAMES:
-            p = self.path / "checkpoints" / name
-            if p.is_file():
-                return p
-        return None
-
-    @property
-    def finished(self) -> bool:
-        return self.gaussians.is_file()
-
-    @property
-    def resumable(self) -> bool:
-        return self.checkpoint is not None
-
-    @property
-    def holds_run(self) -> bool:
-        return self.finished or self.resumable
-
-    def latest_preview(self) -> Path | None:
-        previews = sorted((self.path / "previews").glob("train_*.png"))
-        return previews[-1] if previews else None
+__all__ = ["RunFolder", "check_output_folder", "check_source"]
 
 
 def check_output_folder(output: Path, resume: bool) -> None:

@@ -6,6 +6,7 @@ import bpy
 from bpy_extras.io_utils import ImportHelper
 
 from milo_backend.errors import MiloError
+from milo_backend.run_folder import RunFolder
 
 from ..scene_import import find_root, flip_up_axis, import_result
 from .reconstruct import settings_paths
@@ -39,7 +40,8 @@ class MILO_OT_import_result(bpy.types.Operator, ImportHelper):
     def source(self, context) -> Path:
         if self.filepath and Path(bpy.path.abspath(self.filepath)).is_file():
             path = Path(bpy.path.abspath(self.filepath))
-            if self.whole_run and path.name in ("gaussians.ply", "mesh.ply") and (path.parent / "cameras.json").is_file():
+            run = RunFolder(path.parent)
+            if self.whole_run and path in (run.gaussians, run.mesh) and run.cameras.is_file():
                 return path.parent
             return path
         if self.directory:

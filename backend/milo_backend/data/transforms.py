@@ -29,6 +29,7 @@ from milo_backend.data.images import IMAGE_EXTENSIONS, image_size, natural_key
 from milo_backend.data.undistort import colmap_camera
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
+from milo_backend.run_folder import RunFolder
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flip camera y and z axes
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2",
@@ -202,7 +203,7 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
     options = options or SfmOptions()
     # intrinsics of the image files as stored (the dataset's cameras may be scaled down by max_size)
     cameras = [c.scaled(*image_size(c.image_path)) for c in dataset.train_cameras]
-    work = Path(workdir) / "triangulation"
+    work = RunFolder(workdir).triangulation
     signature = {"cameras": [[c.name, c.width, c.height, c.fx, c.fy, c.cx, c.cy,
                               np.round(c.world_to_cam, 9).tolist()] for c in cameras], "options": options.to_json()}
     cache, cache_info = work / "points.npz", work / "points.json"
