@@ -4,9 +4,10 @@ object, saved) and the live status of jobs (window manager: never saved)."""
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .core.backend import DEVICES, PRESETS
+from .core.backend import BASE_ITERATIONS, DEVICES, PRESETS, SCENES
 from .core.display import QUALITY_ITERATIONS
 
+SCENE_HELP = {"outdoor": "Unbounded scene with a background", "indoor": "Bounded scene, e.g. a room or an object"}
 PRESET_LABELS = {"verylowres": "Very low", "lowres": "Low", "default": "Default", "highres": "High",
                  "veryhighres": "Very high"}
 
@@ -20,12 +21,11 @@ class MILO_PG_settings(bpy.types.PropertyGroup):
                          items=[(p, PRESET_LABELS.get(p, p), f"Backend preset '{p}': mesh resolution and memory")
                                 for p in PRESETS])
     scene: EnumProperty(name="Scene", default="outdoor",
-                        items=[("outdoor", "Outdoor", "Unbounded scene with a background"),
-                               ("indoor", "Indoor", "Bounded scene, e.g. a room or an object")])
+                        items=[(s, s.title(), SCENE_HELP.get(s, "")) for s in sorted(SCENES, reverse=True)])
     quality: EnumProperty(name="Quality", default="FULL",
                           items=[(k, k.title(), f"{v:,} iterations") for k, v in QUALITY_ITERATIONS.items()]
                           + [("CUSTOM", "Custom", "Choose the number of iterations")])
-    iterations: IntProperty(name="Iterations", default=18_000, min=10, soft_max=30_000)
+    iterations: IntProperty(name="Iterations", default=BASE_ITERATIONS, min=10, soft_max=30_000)
     device: EnumProperty(name="Device", default="auto",
                          items=[(d, d.upper() if d != "auto" else "Auto", "") for d in DEVICES])
     max_size: IntProperty(name="Max image size", default=0, min=0, subtype="PIXEL",

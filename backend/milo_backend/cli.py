@@ -59,7 +59,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from milo_backend.config import PRESETS
+    from milo_backend.config import BASE_ITERATIONS, DEVICES, PRESETS, RENDERERS, SCENES
 
     parser = Parser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
     parser.add_argument("--version", action="version", version=f"milo-backend {__version__}")
@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="COLMAP dataset, transforms.json dataset or a folder of photos")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--preset", default="default", choices=list(PRESETS))
-    p.add_argument("--scene", default="outdoor", choices=["indoor", "outdoor"])
-    p.add_argument("--iterations", type=POSITIVE_INT, default=18_000)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
+    p.add_argument("--scene", default="outdoor", choices=list(SCENES))
+    p.add_argument("--iterations", type=POSITIVE_INT, default=BASE_ITERATIONS)
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
+    p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
     p.add_argument("--max-size", type=POSITIVE_INT, default=None, help="longest image side in pixels")
     p.add_argument("--eval", action="store_true", help="hold out every 8th image (if no split is given)")
     p.add_argument("--white-background", action="store_true")
@@ -105,16 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fragments", action="store_true",
                    help="keep the mesh's small disconnected pieces (by default pieces with < 1%% of the faces, "
                         "mostly floaters, are dropped)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
+    p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
     _add_common(p)
 
     p = sub.add_parser("render", help="render a trained run (or a 3DGS PLY) from given cameras")
     p.add_argument("source", type=Path, help="a run folder (with gaussians.ply) or a Gaussians PLY file")
     p.add_argument("--cameras", type=Path, required=True, help="cameras.json (this project's format)")
     p.add_argument("--out", type=Path, required=True, help="folder for the images")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--renderer", default="auto", choices=["auto", "torch", "gsplat"])
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
+    p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
     p.add_argument("--white-background", action="store_true")
     _add_common(p)
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the ground truth's box grown by the threshold)")
     p.add_argument("--threshold", type=POSITIVE_FLOAT, default=0.01,
                    help="F-score distance threshold, as a fraction of the ground truth's bbox diagonal")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
     _add_common(p)
 
     p = sub.add_parser("sample", help="generate the bundled synthetic sample scene")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run benchmarks and write their tables to BENCHMARKS.md")
     p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop suite (default train)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--fox", type=Path, default=None, help="the fox dataset folder (sfm and GPU benchmarks)")
     _add_common(p)
     return parser

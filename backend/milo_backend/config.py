@@ -10,9 +10,14 @@ re-initialisation is skipped where its scaled iteration comes too early (`MIN_DE
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 BASE_ITERATIONS = 18_000
+
+# The choices of the command line, the config and the Blender panel (they read them from here).
+SCENES = ("indoor", "outdoor")       # importance scores: every view (indoor) or dominating views (outdoor)
+DEVICES = ("auto", "cpu", "cuda")
+RENDERERS = ("auto", "torch", "gsplat")
 # The depth re-initialisation replaces every Gaussian by samples of the current renders, so the renders
 # must have settled first. Scaled into a 1500-iteration run it comes at iteration 167, when 18% of the
 # bunny bench's background pixels still render far in front of the background (2-3% from iteration ~700
@@ -113,9 +118,9 @@ class Schedule:
 class TrainConfig:
     iterations: int = BASE_ITERATIONS
     preset: str = "default"
-    scene: str = "outdoor"              # importance scores: "indoor" | "outdoor"
-    device: str = "auto"                 # auto | cpu | cuda
-    renderer: str = "auto"               # auto | torch | gsplat
+    scene: str = "outdoor"              # one of SCENES
+    device: str = "auto"                 # one of DEVICES
+    renderer: str = "auto"               # one of RENDERERS
     max_size: int | None = None          # longest image side in pixels
     eval_split: bool = False             # hold out every 8th image
     white_background: bool = False
@@ -147,7 +152,7 @@ class TrainConfig:
         if self.preset not in PRESETS:
             from milo_backend.errors import MiloError
             raise MiloError(f"unknown preset {self.preset!r}", hint=f"use one of: {', '.join(PRESETS)}")
-        if self.scene not in ("indoor", "outdoor"):
+        if self.scene not in SCENES:
             from milo_backend.errors import MiloError
             raise MiloError(f"unknown scene type {self.scene!r}", hint="use --scene indoor or --scene outdoor")
 
@@ -161,3 +166,30 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        """The config `to_json` wrote. Keys this version does not know (a newer run) are ignored; keys it
+        lacks (an older run) keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_run_config(path) -> TrainConfig:
+    """The TrainConfig of a run from its config.json; the defaults where the file is missing."""
+    import json
+    from pathlib import Path
+
+    from milo_backend.errors import MiloError
+
+    path = Path(path)
+    if not path.exists():
+        return TrainConfig()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return TrainConfig.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise MiloError(f"{path} is not a training config ({exc})", hint="restore the config.json written by train",
+                        path=path) from exc

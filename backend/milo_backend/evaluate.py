@@ -9,10 +9,11 @@ from PIL import Image
 
 from milo_backend import losses
 from milo_backend.atomic import atomic_path, write_json
+from milo_backend.config import read_run_config
 from milo_backend.data.camera import Camera
 from milo_backend.device import select_device
 from milo_backend.errors import MiloError
-from milo_backend.events import Reporter
+from milo_backend.events import NullReporter, Reporter
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.ply import read_ply, write_ply
 from milo_backend.previews import to_uint8
@@ -44,7 +45,7 @@ def gaussians_path(source: str | Path) -> Path:
     return ply
 
 
-def load_gaussians(source, reporter: Reporter, device: torch.device | str = "cpu") -> GaussianModel:
+def load_gaussians(source, reporter: Reporter | None = None, device: torch.device | str = "cpu") -> GaussianModel:
     """The Gaussians of a run folder or of a PLY file. A run's damaged gaussians.ply is rebuilt from the
     run's last checkpoint (a finished run's last checkpoint is its final state), with a warning."""
     from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
@@ -59,13 +60,13 @@ def load_gaussians(source, reporter: Reporter, device: torch.device | str = "cpu
         ckpt = load_checkpoint(run)
         write_ply(GaussianModel.from_state_dict(ckpt["model"]), ply)
         it, total = ckpt["run"]["iteration"], ckpt.get("config", {}).get("iterations")
-        reporter.warning(f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
+        (reporter or NullReporter()).warning(f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
                          f"(iteration {it}{f' of {total}' if total else ''})",
                          hint="nothing to do if the run had finished; otherwise continue it with train --resume")
         return read_ply(ply, device)
 
 
-def load_splats(source, device: torch.device, reporter: Reporter):
+def load_splats(source, device: torch.device, reporter: Reporter | None = None):
     """Gaussians of a run folder or PLY as renderer input (3D filter already baked into the PLY)."""
     model = load_gaussians(source, reporter)
     splats = model.splats(with_filter=False)
@@ -106,9 +107,8 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
         raise MiloError(f"the run in {run} has no held-out views",
                         hint="train with --eval (every 8th image held out) or a dataset with a test split",
                         path=RunFolder(run).cameras)
-    config_path = RunFolder(run).config
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    bg = torch.full((3,), 1.0 if config.get("white_background") else 0.0, device=dev)
+    config = read_run_config(RunFolder(run).config)
+    bg = torch.full((3,), 1.0 if config.white_background else 0.0, device=dev)
     splats, sh_degree = load_splats(run, dev, reporter)
     images = ImageCache()
     reporter.stage("eval", f"Evaluating {len(cameras)} held-out views")

@@ -11,7 +11,6 @@ vertex colours, from a few training views).
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -22,7 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from milo_backend.atomic import write_json
-from milo_backend.config import PRESETS, Schedule
+from milo_backend.config import Schedule, TrainConfig, read_run_config
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
@@ -321,10 +320,10 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
 
     run = Path(run)
     dev = select_device(device)
-    cfg = _run_config(run)
+    cfg = read_run_config(RunFolder(run).config)
     cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "train"]
     if len(cameras) < 2:
-        raise MiloError(f"{run / 'cameras.json'} has {len(cameras)} training view(s)",
+        raise MiloError(f"{RunFolder(run).cameras} has {len(cameras)} training view(s)",
                         hint="extraction needs the training cameras of the run (at least 2)", path=RunFolder(run).cameras)
     state = None
     model = load_gaussians(run, reporter, dev)  # also repairs a damaged gaussians.ply, as render and eval do
@@ -332,8 +331,8 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
         ckpt = load_checkpoint(run)
         model = GaussianModel.from_state_dict(ckpt["model"], dev)
         state = ckpt.get("mesh")
-    sched = Schedule(int(cfg.get("iterations", 18_000)))
-    background = torch.full((3,), 1.0 if cfg.get("white_background") else 0.0, device=dev)
+    sched = cfg.schedule
+    background = torch.full((3,), 1.0 if cfg.white_background else 0.0, device=dev)
     images = ImageCache()
     phase = make_phase(model, cameras, dev, cfg, sched, reporter, renderer)
     if state is not None and state.get("started_at") is not None:
@@ -341,11 +340,11 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
     mesh = extract_mesh(phase, lambda c: training_image(images, c, background),
                         iterations=sched.every(REFINE_ITERATIONS) if iterations is None else iterations,
                         labels_every=sched.every(REFINE_LABELS_EVERY), remove_unseen=remove_unseen,
-                        keep_fragments=keep_fragments, seed=int(cfg.get("seed", 0)), reporter=reporter)
+                        keep_fragments=keep_fragments, seed=cfg.seed, reporter=reporter)
     return write_mesh_outputs(run, mesh, cameras, lambda c: training_image(images, c, background), reporter)
 
 
-def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: dict, schedule: Schedule,
+def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: TrainConfig, schedule: Schedule,
                reporter: Reporter, renderer: str = "auto") -> MeshPhase:
     """A MeshPhase over `model` rendering depth with the Gaussian renderer (colour is not needed)."""
     background = torch.zeros(3, device=device)
@@ -355,20 +354,7 @@ def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: dic
             return render(model.splats(), cam, sh_degree=0, background=background, backend=renderer,
                           with_stats=with_stats)
 
-    preset = cfg.get("preset", "default")
     return MeshPhase(model, cameras, render_fn, extent=camera_extent(list(cameras)),
-                     max_pivots=PRESETS.get(preset, PRESETS["default"])["max_pivots"], schedule=schedule,
-                     scene=cfg.get("scene", "outdoor"), reporter=reporter, seed=int(cfg.get("seed", 0)))
+                     max_pivots=cfg.budgets["max_pivots"], schedule=schedule, scene=cfg.scene, reporter=reporter,
+                     seed=cfg.seed)
 
-
-def _run_config(run: Path) -> dict:
-    if not run.is_dir():
-        raise MiloError(f"no training run at {run}", hint="pass the output folder of `train`", path=run)
-    path = RunFolder(run).config
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise MiloError(f"{path} is not valid JSON ({exc})", hint="restore the config.json written by train",
-                        path=path) from exc

@@ -3,8 +3,6 @@ maths it calls lives in its own module.
 """
 from __future__ import annotations
 
-import json
-import math
 import random
 import signal
 import time

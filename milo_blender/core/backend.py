@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from milo_backend.config import BASE_ITERATIONS, DEVICES, SCENES
 from milo_backend.config import PRESETS as _BACKEND_PRESETS
 from milo_backend.errors import MiloError
 
@@ -26,8 +27,6 @@ from .job import Step
 BACKEND_PYTHON_ENV = "MILO_BACKEND_PYTHON"
 BACKEND_MODULE = "milo_backend"
 PRESETS = tuple(_BACKEND_PRESETS)  # smallest to largest
-SCENES = ("indoor", "outdoor")
-DEVICES = ("auto", "cpu", "cuda")
 SETUP_HINT = "Preferences > Add-ons > MILo: click 'Set up backend', or point 'Backend Python' to an environment"
 
 
@@ -66,7 +65,7 @@ class TrainOptions:
     output: Path
     preset: str = "default"
     scene: str = "outdoor"
-    iterations: int = 18_000
+    iterations: int = BASE_ITERATIONS
     device: str = "auto"
     max_size: int = 0          # 0: the backend's default
     resume: bool = False

@@ -417,3 +417,17 @@ def test_a_checkpoint_that_fills_the_disk_is_a_user_error_and_keeps_the_last_one
     result = json.loads(proc.stdout)
     assert "is full" in result["message"] and "latest.pt" in result["message"] and "MB" in result["message"]
     assert result["files"] == ["latest.pt"] and result["kept"] == 1000  # no temp file, the old one intact
+
+
+def test_the_config_round_trips_through_its_file(tmp_path):
+    from milo_backend.config import read_run_config
+
+    cfg = TrainConfig(iterations=1234, preset="lowres", scene="indoor", max_size=320, white_background=True, seed=7)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**cfg.to_json(), "option_of_a_newer_version": 1}))
+    assert read_run_config(path) == cfg and read_run_config(path).schedule == Schedule(1234)
+    assert read_run_config(tmp_path / "missing.json") == TrainConfig()  # a run from before config.json
+    path.write_text("[1, 2")
+    with pytest.raises(MiloError) as err:
+        read_run_config(path)
+    assert str(path) in err.value.message
