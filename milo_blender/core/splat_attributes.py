@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from milo_backend.gaussians.splat_ply import splat_table
+from milo_backend.sh_constants import SH_C0
 
-SH_C0 = 0.28209479177387814  # degree-0 SH basis: colour = 0.5 + C0 * f_dc
 POSITION_AND_NORMAL = ("x", "y", "z", "nx", "ny", "nz")  # stored as the point positions, not attributes
 
 

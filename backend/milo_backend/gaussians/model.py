@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from milo_backend.render import Splats
-
-SH_C0 = 0.28209479177387814
+from milo_backend.sh_constants import SH_C0
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
