@@ -548,7 +548,7 @@ def test_render_splats_without_a_backend_or_camera_says_how_to_fix_it(bound, mon
 def test_benchmark_measures_the_live_path_at_a_small_size():
     """The BENCHMARKS.md script, tiny, in its own process (it registers the add-on from the source tree)."""
     import subprocess
-    result = subprocess.run([sys.executable, "-m", "milo_blender.bench_blender", "--splats", "3000",
+    result = subprocess.run([sys.executable, "-m", "tools.bench_blender", "--splats", "3000",
                              "--subdivisions", "8", "--frames", "2", "--no-write"], capture_output=True, text=True,
                             cwd=Path(build_addon.__file__).parent, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from milo_blender.core.bench import bumpy, cube_mesh, twist_and_bend
+from tools.bench_binding import bumpy, cube_mesh, twist_and_bend
 from milo_blender.core.binding import (STRETCH_MAX, STRETCH_MIN, Binding, bind, check_topology, deform,
                                        drop_lost_splats, nearest_triangles, quat_to_matrix, topology_matches)
 from milo_blender.core.sh_rotation import rotate_sh
@@ -338,7 +338,7 @@ def test_degenerate_rest_triangles_are_never_chosen():
 
 
 def test_benchmark_measures_every_operation_at_a_small_size():
-    from milo_blender.core.bench import run
+    from tools.bench_binding import run
     rows = run(n_splats=300, subdivisions=3, repeats=1)
     names = ["bind ", "deform, ", "deform, ", "rotate_sh ", "rotate_sh_components ", "check_topology "]
     assert len(rows) == len(names) and all(r["operation"].startswith(n) for r, n in zip(rows, names))

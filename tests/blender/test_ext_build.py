@@ -119,3 +119,37 @@ def test_bundled_backend_wheel_installs_into_a_fresh_environment(built, tmp_path
     state = job.wait(timeout=240)
     assert state.status == "done", (state.message, state.hint)
     assert [e["message"] for e in job.events if e["event"] == "log"][-1] == "1"
+
+
+def _imported_modules(source: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_the_zip_ships_no_benchmark_code_and_nothing_that_imports_torch(built):
+    with zipfile.ZipFile(built) as zf:
+        sources = {n: zf.read(n).decode("utf-8") for n in zf.namelist() if n.endswith(".py")}
+    assert sources and not any("bench" in Path(n).name for n in sources), sorted(sources)
+    for name, source in sources.items():
+        bad = {m for m in _imported_modules(source) if m.split(".")[0] == "torch" or m.startswith("milo_backend.bench")}
+        assert not bad, f"{name} imports {bad}"
+
+
+def test_the_extensions_core_loads_without_torch():
+    """What the add-on takes from milo_backend (errors, config, run folder, PLY) must not pull torch in."""
+    import subprocess
+
+    code = ("import sys, pkgutil, importlib; sys.modules['torch'] = None\n"
+            "import milo_blender.core as core\n"
+            "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('milo_blender.core.' + m.name)\n"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(build_addon.__file__).parent)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -19,14 +19,16 @@ HEADER = "# Benchmarks\n\nWritten by `milo-backend bench`; each section says whe
 
 
 def shared_data(*parts: str) -> Path:
-    """A file of the project's read-only sample data (`../shared/data` beside the repository, or
-    `MILO_SHARED_DATA`); the first candidate when none has it, so errors name the expected place."""
+    """A file of the project's read-only sample data: `MILO_SHARED_DATA`, else `shared/data` beside the
+    repository or inside it; the first candidate when none has it, so errors name the expected place."""
+    repository = Path(__file__).resolve().parents[3]
     roots = [Path(os.environ["MILO_SHARED_DATA"])] if os.environ.get("MILO_SHARED_DATA") else []
-    roots += [Path(__file__).resolve().parents[3].parent / "shared" / "data", Path("/work/shared/data")]
+    roots += [repository.parent / "shared" / "data", repository / "shared" / "data"]
     for root in roots:
         if root.joinpath(*parts).exists():
             return root.joinpath(*parts)
     return roots[0].joinpath(*parts)
+
 
 def machine_description(device: str = "cpu") -> str:
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -21,7 +21,7 @@ from milo_backend.data.transforms import read_transforms
 from milo_backend.events import NullReporter
 
 FOX = shared_data("fox")
-BENCHMARKS = Path("/work/main/BENCHMARKS.md")
+BENCHMARKS = Path(__file__).resolve().parents[3] / "BENCHMARKS.md"  # the repository's
 STAGES = ["features", "matching", "mapping", "undistort"]
 COLUMNS = ["configuration"] + [f"{s} s" for s in STAGES] + ["total s", "registered", "reproj. px",
                                                              "rot. median / max deg", "centre median / max (% scene)"]

@@ -1,4 +1,4 @@
-"""Benchmark of the binding maths: `python -m milo_blender.core.bench [--splats N] [--subdivisions S]`.
+"""Benchmark of the binding maths: `python -m tools.bench_binding [--splats N] [--subdivisions S]`.
 
 A bumpy sphere of 6 * S^2 * 2 triangles (S = 91: ~100k) carries N splats (default 500k) scattered around its
 surface (2% far off it, which the search must also answer exactly); it is then twisted and bent. Measures bind,
@@ -7,18 +7,15 @@ section of BENCHMARKS.md. Needs the backend package only for the benchmark file 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from milo_blender.core.binding import bind, check_topology, deform
 from milo_blender.core.sh_rotation import rotate_sh, rotate_sh_components
+from tools.bench_common import bench_parser, publish
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 
 def cube_mesh(subdivisions: int, spherical: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -123,23 +120,15 @@ def run(n_splats: int, subdivisions: int, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--splats", type=int, default=500_000)
-    parser.add_argument("--subdivisions", type=int, default=91, help="quads per cube edge (91: ~100k triangles)")
+    parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="deform runs; the median is reported")
-    parser.add_argument("--no-write", action="store_true", help="print the table without updating BENCHMARKS.md")
     args = parser.parse_args(argv)
     rows = run(args.splats, args.subdivisions, args.repeats)
-    from milo_backend.bench import markdown_table, section_header, write_section
-    command = "python -m milo_blender.core.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = (section_header("Binding: splats follow the mesh (numpy, single thread)", command.strip())
-                + f"numpy {np.__version__}; medians of `runs`; `ms` wall clock, `cpu ms` process CPU time (the "
-                  "machine is shared: CPU time is what an idle machine's wall clock would show). "
-                  "Target: deform of 500k splats on ~100k triangles <= 100 ms.\n\n"
-                + markdown_table(rows, ["operation", "splats", "triangles", "vertices", "ms", "cpu ms", "runs"]))
-    print(markdown)
-    if not args.no_write:
-        write_section("binding", markdown, BENCHMARKS)
+    publish("binding", "Binding: splats follow the mesh (numpy, single thread)", "tools.bench_binding", argv,
+            f"numpy {np.__version__}; medians of `runs`; `ms` wall clock, `cpu ms` process CPU time (the machine is "
+            "shared: CPU time is what an idle machine's wall clock would show). Target: deform of 500k splats on "
+            "~100k triangles <= 100 ms.", rows,
+            ["operation", "splats", "triangles", "vertices", "ms", "cpu ms", "runs"], write=not args.no_write)
 
 
 if __name__ == "__main__":

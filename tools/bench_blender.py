@@ -1,7 +1,7 @@
 """Benchmark of splats following a mesh inside Blender (bpy module, the extension registered from this source tree):
-`python -m milo_blender.bench_blender [--splats N] [--subdivisions S] [--frames F] [--no-write]`.
+`python -m tools.bench_blender [--splats N] [--subdivisions S] [--frames F] [--no-write]`.
 
-The mesh of the numpy benchmark (`core.bench`: a bumpy sphere of ~100k triangles for S = 91) animated by a shape
+The mesh of the numpy benchmark (`bench_binding`: a bumpy sphere of ~100k triangles for S = 91) animated by a shape
 key (twisted and bent), N splats (default 500k, SH degree 3) bound to it. Per frame (scene.frame_set):
   - the frame_change_post handler: read the evaluated mesh, deform, write centres / rotations / scales into the
     Gaussian object's attributes (the cost the 100 ms target is about), and its three parts measured alone;
@@ -12,16 +12,15 @@ Writes the "blender-deform" section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+from tools.bench_common import bench_parser, publish
+
 
 
 def timed_calls(fn, runs: int) -> dict:
@@ -35,7 +34,7 @@ def timed_calls(fn, runs: int) -> dict:
 
 
 def build_scene(bpy, n_splats: int, subdivisions: int, frames: int):
-    from milo_blender.core.bench import bumpy, cube_mesh, splats_around, twist_and_bend
+    from tools.bench_binding import bumpy, cube_mesh, splats_around, twist_and_bend
     from milo_blender.scene_import import gaussians_object
 
     rng = np.random.default_rng(0)
@@ -128,26 +127,19 @@ def run(n_splats: int, subdivisions: int, frames: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--splats", type=int, default=500_000)
-    parser.add_argument("--subdivisions", type=int, default=91, help="quads per cube edge (91: ~100k triangles)")
+    parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10, help="animated frames stepped through (medians)")
-    parser.add_argument("--no-write", action="store_true", help="print the table without updating BENCHMARKS.md")
     args = parser.parse_args(argv)
     rows = run(args.splats, args.subdivisions, args.frames)
     import bpy
-    from milo_backend.bench import markdown_table, section_header, write_section
-    command = "python -m milo_blender.bench_blender " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = (section_header("Splats following a mesh in Blender (bpy, live handler and display)", command.strip())
-                + f"Blender {bpy.app.version_string} (bpy module, headless), numpy {np.__version__}; medians over "
-                  "the frames of a shape-key animation; `ms` wall clock, `cpu ms` process CPU time (the machine is "
-                  "shared: CPU time is what an idle machine's wall clock would show; empty where only the wall "
-                  "clock is measured). Target: the live handler for 500k splats <= 100 ms per frame. Display: "
-                  "geometry nodes, unrealised ico-sphere instances per splat (or points).\n\n"
-                + markdown_table(rows, ["operation", "splats", "triangles", "ms", "cpu ms", "runs"]))
-    print(markdown)
-    if not args.no_write:
-        write_section("blender-deform", markdown, BENCHMARKS)
+    publish("blender-deform", "Splats following a mesh in Blender (bpy, live handler and display)",
+            "tools.bench_blender", argv,
+            f"Blender {bpy.app.version_string} (bpy module, headless), numpy {np.__version__}; medians over the "
+            "frames of a shape-key animation; `ms` wall clock, `cpu ms` process CPU time (the machine is shared: "
+            "CPU time is what an idle machine's wall clock would show; empty where only the wall clock is "
+            "measured). Target: the live handler for 500k splats <= 100 ms per frame. Display: geometry nodes, "
+            "unrealised ico-sphere instances per splat (or points).", rows,
+            ["operation", "splats", "triangles", "ms", "cpu ms", "runs"], write=not args.no_write)
 
 
 if __name__ == "__main__":
