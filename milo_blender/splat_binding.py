@@ -26,7 +26,8 @@ import numpy as np
 
 from milo_backend.errors import MiloError
 
-from .core.binding import Binding, bind, topology_matches
+from .core.binding import Binding, bind
+from .core.topology_tracking import topology_matches
 from .core.splat_frames import (Pose, SplatColors, bound_pose, rotated_f_rest, sh_rotation_since_rest,
                                 splat_arrays, transform_pose)
 from .core.topology_tracking import (VERTEX_ID_ATTRIBUTE, TopologyState, binding_vertices, ids_to_write, rest_ids,

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from milo_blender.core.binding import bind, check_topology, deform
+from milo_blender.core.binding import bind, deform
+from milo_blender.core.topology_tracking import check_topology
 from milo_blender.core.sh_rotation import rotate_sh, rotate_sh_components
 from tools.bench_common import bench_parser, publish
 

@@ -28,7 +28,7 @@ from milo_backend.gaussians.filter3d import compute_filter_3d
 from milo_backend.gaussians.importance import fallback_scores, gather_weight_stats, scores_from_stats
 from milo_backend.gaussians.init import init_from_points, init_random, random_start_count, sparse_depth_range
 from milo_backend.gaussians.model import GaussianModel
-from milo_backend.gaussians.optim import make_optimizers, set_position_lr
+from milo_backend.gaussians.optim import LearningRates, make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
 from milo_backend.run_folder import RunFolder, locked_run_folder
 from milo_backend.appearance import decoupled_photometric_loss, make_appearance
@@ -165,10 +165,11 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     state = RunState()
     prior = DepthPrior(cfg.depth_prior, device) if cfg.depth_prior else None  # a missing file fails here
 
+    rates = LearningRates().scaled(cfg.lr_scale)
     if resume and latest_checkpoint(out) is not None:
         ckpt = load_checkpoint(out)
         model = GaussianModel.from_state_dict(ckpt["model"], device)
-        make_optimizers(model, extent)
+        make_optimizers(model, extent, rates)
         for k, opt in model.optimizers.items():
             opt.load_state_dict(ckpt["model"]["optimizers"][k])
         state = RunState(**ckpt["run"])
@@ -178,7 +179,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
         reporter.log(f"resuming at iteration {state.iteration}")
     else:
         model = initial_model(dataset, out, cfg, reporter, device, max_gaussians)
-        make_optimizers(model, extent)
+        make_optimizers(model, extent, rates)
         stats = None
     if stats is None:
         stats = densify.DensifyStats.empty(len(model), device)
@@ -239,7 +240,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                 gt = training_image(images, cam, background)
 
                 model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
-                set_position_lr(model, it, sched.position_lr_decay_steps, extent)
+                set_position_lr(model, it, sched.position_lr_decay_steps, extent, rates)
 
                 # the per-Gaussian statistics feed the "blurry" split of the densification window
                 splats = model.splats()  # shared by the render and the flatness term
@@ -296,12 +297,12 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
                 if it == sched.depth_reinit_at:
                     densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
                                          render_stats, n_points=min(len(model), max_gaussians))
-                    make_optimizers(model, extent)
+                    make_optimizers(model, extent, rates)
                     changed = True
                 if it == sched.simplify_at:
                     simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
                                            keep_fraction=cfg.simplify_keep_fraction)
-                    make_optimizers(model, extent)  # as the published code: fresh Adam after simplification
+                    make_optimizers(model, extent, rates)  # as the published code: fresh Adam after simplification
                     changed = True
                 if it == sched.simplify2_at:  # drop the bottom 1% of importance
                     simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,

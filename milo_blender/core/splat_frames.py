@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .binding import Binding, deform, quat_from_matrix, quat_multiply, quat_to_matrix
+from .binding import Binding, deform
+from .quat import quat_from_matrix, quat_multiply, quat_to_matrix
 from .sh_rotation import rotate_sh_components
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .binding import Binding, check_topology
+from .binding import Binding
 
 VERTEX_ID_ATTRIBUTE = "milo_vertex_id"
 
@@ -135,3 +135,92 @@ def binding_vertices(binding: Binding, positions: np.ndarray, vertex_index: np.n
     kept = vertex_index >= 0
     full[vertex_index[kept]] = positions[kept]
     return full
+
+
+@dataclass(frozen=True, eq=False)
+class TopologyReport:
+    """lost (N,) bool: splats whose triangle no longer lies in a face of the mesh. rebind_needed: the vertex
+    ids changed, so the binding cannot be evaluated at all (bind again); otherwise lost splats can be removed
+    with `drop_lost_splats`. message: for the user ('' when nothing changed)."""
+    lost: np.ndarray
+    rebind_needed: bool
+    message: str
+    n_vertices: int
+    n_faces: int
+
+    @property
+    def n_lost(self) -> int:
+        return int(self.lost.sum())
+
+
+def topology_matches(binding: Binding, n_vertices: int, n_faces: int) -> bool:
+    """Cheap per-frame check: the mesh still has the vertex and face counts it had at bind time."""
+    return n_vertices == len(binding.rest_vertices) and n_faces == binding.n_source_faces
+
+
+def check_topology(binding: Binding, n_vertices: int, face_vertices: np.ndarray,
+                   face_sizes: np.ndarray | None = None) -> TopologyReport:
+    """Which splats lost their triangle. The mesh's faces are either triangles (F, 3), or polygons as a flat
+    vertex list with `face_sizes` (Blender's loops' vertex_index and polygons' loop_total): a bound triangle
+    survives while its three vertices still belong to one face, so re-triangulating a quad loses nothing."""
+    corners = np.asarray(face_vertices, dtype=np.int64)
+    if face_sizes is None:
+        if corners.ndim != 2:
+            raise ValueError(f"faces must be triangles (F, 3) or a flat list with face_sizes, got {corners.shape}")
+        sizes = np.full(len(corners), corners.shape[1], dtype=np.int64)
+    else:
+        sizes = np.asarray(face_sizes, dtype=np.int64)
+    corners = corners.ravel()
+    if sizes.sum() != corners.size:
+        raise ValueError(f"face sizes add up to {sizes.sum()} corners, but {corners.size} vertex indices were given")
+    n_rest = len(binding.rest_vertices)
+    n_faces = len(sizes)
+    if n_vertices != n_rest:
+        return TopologyReport(lost=np.ones(binding.n_splats, dtype=bool), rebind_needed=True,
+                              message=f"the mesh now has {n_vertices} vertices instead of {n_rest}: "
+                                      f"bind the splats again", n_vertices=n_vertices, n_faces=n_faces)
+    if corners.size and (corners.min() < 0 or corners.max() >= n_vertices):
+        raise ValueError(f"face vertex indices outside 0..{n_vertices - 1}")
+    if corners.size == 0:
+        return TopologyReport(lost=np.ones(binding.n_splats, dtype=bool), rebind_needed=False,
+                              message=f"the mesh has no faces left: all {binding.n_splats} splats lost their face",
+                              n_vertices=n_vertices, n_faces=n_faces)
+    face_of_corner = np.repeat(np.arange(n_faces), sizes)
+    keys = np.sort(face_of_corner * n_vertices + corners)            # (face, vertex) incidences
+    by_vertex = np.argsort(corners, kind="stable")
+    first = np.searchsorted(corners[by_vertex], np.arange(n_vertices + 1))
+    used = np.flatnonzero(np.bincount(binding.face, minlength=len(binding.triangles)))
+    tri = binding.triangles[used].astype(np.int64)
+    # Candidate faces of a bound triangle: the faces around its first vertex; it survives if one of them also
+    # holds the other two vertices.
+    counts = first[tri[:, 0] + 1] - first[tri[:, 0]]
+    owner = np.repeat(np.arange(len(used)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    candidate = face_of_corner[by_vertex[np.repeat(first[tri[:, 0]], counts) + offsets]]
+
+    def incident(vertex):
+        k = candidate * n_vertices + vertex[owner]
+        i = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+        return keys[i] == k
+
+    survives = np.zeros(len(used), dtype=bool)
+    survives[owner[incident(tri[:, 1]) & incident(tri[:, 2])]] = True
+    alive = np.zeros(len(binding.triangles), dtype=bool)
+    alive[used[survives]] = True
+    lost = ~alive[binding.face]
+    n_lost = int(lost.sum())
+    message = f"{n_lost} splats lost their face: remove them or bind again" if n_lost else ""
+    return TopologyReport(lost=lost, rebind_needed=False, message=message, n_vertices=n_vertices, n_faces=n_faces)
+
+
+def drop_lost_splats(binding: Binding, report: TopologyReport) -> tuple[Binding, np.ndarray]:
+    """The binding without the splats `report` marks lost, valid for the current face count, and the indices
+    (into the old splats) of those kept."""
+    if report.rebind_needed:
+        raise ValueError(report.message)
+    if len(report.lost) != binding.n_splats:
+        raise ValueError(f"report is for {len(report.lost)} splats, the binding has {binding.n_splats}")
+    kept = np.flatnonzero(~report.lost)
+    return replace(binding, face=binding.face[kept], bary=binding.bary[kept], offset=binding.offset[kept],
+                   local_quat=binding.local_quat[kept], log_scales=binding.log_scales[kept],
+                   n_source_faces=report.n_faces), kept

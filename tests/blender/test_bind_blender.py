@@ -18,7 +18,7 @@ import bmesh  # noqa: E402
 
 import build_addon  # noqa: E402
 from milo_backend.gaussians.splat_ply import read_splat_ply, write_splat_ply  # noqa: E402
-from milo_blender.core.binding import quat_to_matrix  # noqa: E402
+from milo_blender.core.quat import quat_to_matrix  # noqa: E402
 from milo_blender.core.sh_rotation import rotate_sh  # noqa: E402
 from test_core_sh_rotation import eval_sh, random_rotations, unit  # noqa: E402
 

@@ -7,7 +7,8 @@ import pytest
 
 from milo_backend.gaussians.splat_ply import read_splat_ply, write_splat_ply
 from tools.bench_binding import cube_mesh, twist_and_bend
-from milo_blender.core.binding import bind, deform, quat_to_matrix
+from milo_blender.core.binding import bind, deform
+from milo_blender.core.quat import quat_to_matrix
 from milo_blender.core.camera_convert import blender_camera_matrix, blender_camera_params
 from milo_blender.core.camera_export import opencv_camera, world_to_cam, write_cameras_json
 from milo_blender.core.sh_rotation import rotate_sh

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from tools.bench_binding import bumpy, cube_mesh, twist_and_bend
-from milo_blender.core.binding import (STRETCH_MAX, STRETCH_MIN, Binding, bind, check_topology, deform,
-                                       drop_lost_splats, nearest_triangles, quat_to_matrix, topology_matches)
+from milo_blender.core.binding import STRETCH_MAX, STRETCH_MIN, Binding, bind, deform
+from milo_blender.core.quat import quat_to_matrix
+from milo_blender.core.topology_tracking import check_topology, drop_lost_splats, topology_matches
+from milo_blender.core.triangle_search import nearest_triangles
 from milo_blender.core.sh_rotation import rotate_sh
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from milo_blender.core.binding import quat_to_matrix
+from milo_blender.core.quat import quat_to_matrix
 from milo_blender.core.sh_rotation import rotate_sh, rotate_sh_components, sh_rotation_matrices
 
 # 3DGS's sh_utils constants, written out again so that this reference does not share code with the module.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -21,6 +21,10 @@ class LearningRates:
     scales: float = 5e-3
     quats: float = 1e-3
     eps: float = 1e-15
+
+    def scaled(self, factor: float) -> "LearningRates":
+        """Every rate times `factor` (Adam's eps is not a rate)."""
+        return LearningRates(**{k: (v if k == "eps" else v * factor) for k, v in asdict(self).items()})
 
     def initial(self, extent: float) -> dict[str, float]:
         """Learning rate of every parameter key at step 0."""
