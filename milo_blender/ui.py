@@ -6,7 +6,7 @@ from pathlib import Path
 import bpy
 import bpy.utils.previews
 
-from . import follow, splat_binding, splat_display
+from . import follow, gaussian_object, splat_binding, splat_display
 from .core import job as jobs
 from .core.runs import RunFolder
 from .operators.reconstruct import settings_paths
@@ -123,7 +123,7 @@ class MILO_PT_splats(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         obj = context.active_object
-        if not splat_binding.is_gaussian_object(obj):
+        if not gaussian_object.is_gaussian_object(obj):
             layout.label(text="Select a Gaussian splat object", icon="INFO")
             return
         props = obj.milo_binding

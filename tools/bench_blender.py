@@ -64,7 +64,7 @@ def run(n_splats: int, subdivisions: int, frames: int) -> list[dict]:
 
     import milo_blender
     from milo_backend.gaussians.splat_ply import write_splat_ply
-    from milo_blender import follow, splat_binding, splat_display
+    from milo_blender import follow, gaussian_object, splat_binding, splat_display
     from milo_blender.core.splat_frames import bound_pose
 
     bpy.ops.wm.read_homefile(use_empty=True)
@@ -114,7 +114,7 @@ def run(n_splats: int, subdivisions: int, frames: int) -> list[dict]:
         rows.append({"operation": "  deform (stretch on)", **common,
                      **timed_calls(lambda _i: bound_pose(rig.binding, vertices, True), frames)})
         rows.append({"operation": "  write centres, rotations, scales (foreach_set)", **common,
-                     **timed_calls(lambda _i: splat_binding.write_pose(gauss.data, pose), frames)})
+                     **timed_calls(lambda _i: gaussian_object.write_pose(gauss.data, pose), frames)})
         with tempfile.TemporaryDirectory() as tmp:
             rows.append({"operation": "export one frame (frame_splats: SH degree 3 rotated)", **common,
                          **timed_calls(lambda _i: splat_binding.frame_splats(gauss, depsgraph), 3)})

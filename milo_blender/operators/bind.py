@@ -6,7 +6,7 @@ import bpy
 
 from milo_backend.errors import MiloError
 
-from .. import splat_binding
+from .. import gaussian_object, splat_binding
 from ..scene_import import find_root
 
 
@@ -29,14 +29,14 @@ def target_gaussians(context, name: str = "") -> bpy.types.Object:
         obj = named_object(name)
     else:
         active = context.active_object
-        candidates = [active] if splat_binding.is_gaussian_object(active) else \
-            [o for o in context.selected_objects if splat_binding.is_gaussian_object(o)]
+        candidates = [active] if gaussian_object.is_gaussian_object(active) else \
+            [o for o in context.selected_objects if gaussian_object.is_gaussian_object(o)]
         if not candidates and active is not None:   # the mesh the splats follow, or an imported result's root
-            candidates = [o for o in context.scene.objects if splat_binding.is_gaussian_object(o)
+            candidates = [o for o in context.scene.objects if gaussian_object.is_gaussian_object(o)
                           and o.milo_binding.mesh == active]
-            candidates += [o for o in active.children_recursive if splat_binding.is_gaussian_object(o)]
+            candidates += [o for o in active.children_recursive if gaussian_object.is_gaussian_object(o)]
         obj = candidates[0] if candidates else active
-    splat_binding.check_gaussian_object(obj)
+    gaussian_object.check_gaussian_object(obj)
     return obj
 
 
@@ -46,14 +46,14 @@ def target_mesh(context, gauss, name: str = "") -> bpy.types.Object | None:
     if name:
         return named_object(name)
     selected = [o for o in context.selected_objects if o.type == "MESH" and o != gauss
-                and not splat_binding.is_gaussian_object(o)]
+                and not gaussian_object.is_gaussian_object(o)]
     if selected:
         return selected[0]
     if gauss.milo_binding.mesh is not None:
         return gauss.milo_binding.mesh
     root = find_root(gauss)
     siblings = [o for o in (root.children if root else ()) if o.type == "MESH" and o != gauss
-                and not splat_binding.is_gaussian_object(o)]
+                and not gaussian_object.is_gaussian_object(o)]
     return siblings[0] if len(siblings) == 1 else None
 
 
