@@ -60,3 +60,16 @@ def load_checkpoint(out: Path) -> dict:
                         path=checkpoint_dir(out))
     raise MiloError(f"no checkpoint to resume from in {out}", hint="run train without --resume first",
                     path=out)
+
+
+def checkpoint_model(ckpt: dict, device: torch.device | str = "cpu"):
+    """The Gaussians of a checkpoint (a `TrainingRun.save` payload), unbaked, with their filter state: how
+    train (resume), extract and the repair of a damaged gaussians.ply all read it."""
+    from milo_backend.gaussians.model import GaussianModel
+
+    return GaussianModel.from_state_dict(ckpt["model"], device)
+
+
+def checkpoint_mesh_state(ckpt: dict) -> dict:
+    """The mesh phase's state in a checkpoint (`MeshPhase.load_state_dict`); not started in older ones."""
+    return ckpt.get("mesh") or {"started_at": None}

@@ -48,7 +48,7 @@ def gaussians_path(source: str | Path) -> Path:
 def load_gaussians(source, reporter: Reporter | None = None, device: torch.device | str = "cpu") -> GaussianModel:
     """The Gaussians of a run folder or of a PLY file. A run's damaged gaussians.ply is rebuilt from the
     run's last checkpoint (a finished run's last checkpoint is its final state), with a warning."""
-    from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
+    from milo_backend.checkpoint import checkpoint_model, latest_checkpoint, load_checkpoint
 
     ply = gaussians_path(source)
     try:
@@ -58,7 +58,7 @@ def load_gaussians(source, reporter: Reporter | None = None, device: torch.devic
         if not run.is_dir() or latest_checkpoint(run) is None:
             raise
         ckpt = load_checkpoint(run)
-        write_ply(GaussianModel.from_state_dict(ckpt["model"]), ply)
+        write_ply(checkpoint_model(ckpt), ply)
         it, total = ckpt["run"]["iteration"], ckpt.get("config", {}).get("iterations")
         (reporter or NullReporter()).warning(f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
                          f"(iteration {it}{f' of {total}' if total else ''})",

@@ -312,7 +312,7 @@ def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", itera
 
 def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | None, remove_unseen: bool,
                  renderer: str, keep_fragments: bool) -> dict:
-    from milo_backend.checkpoint import latest_checkpoint, load_checkpoint
+    from milo_backend.checkpoint import checkpoint_mesh_state, checkpoint_model, latest_checkpoint, load_checkpoint
     from milo_backend.data.images import ImageCache
     from milo_backend.device import select_device
     from milo_backend.evaluate import load_gaussians, read_cameras
@@ -324,13 +324,13 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
     cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "train"]
     if len(cameras) < 2:
         raise MiloError(f"{RunFolder(run).cameras} has {len(cameras)} training view(s)",
-                        hint="extraction needs the training cameras of the run (at least 2)", path=RunFolder(run).cameras)
+                        hint="extraction needs the training cameras of the run (at least 2)",
+                        path=RunFolder(run).cameras)
     state = None
     model = load_gaussians(run, reporter, dev)  # also repairs a damaged gaussians.ply, as render and eval do
     if latest_checkpoint(run) is not None:  # the unbaked state and the mesh phase's, to continue exactly
         ckpt = load_checkpoint(run)
-        model = GaussianModel.from_state_dict(ckpt["model"], dev)
-        state = ckpt.get("mesh")
+        model, state = checkpoint_model(ckpt, dev), checkpoint_mesh_state(ckpt)
     sched = cfg.schedule
     background = torch.full((3,), 1.0 if cfg.white_background else 0.0, device=dev)
     images = ImageCache()

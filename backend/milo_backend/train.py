@@ -3,6 +3,7 @@ maths it calls lives in its own module.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
@@ -14,7 +15,8 @@ import torch
 
 from milo_backend import losses
 from milo_backend.atomic import write_json
-from milo_backend.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from milo_backend.checkpoint import (checkpoint_mesh_state, checkpoint_model, latest_checkpoint, load_checkpoint,
+                                     save_checkpoint)
 from milo_backend.config import MIN_GAUSSIANS_PER_VIEW_PIXEL, SMALLER_PRESET, TrainConfig
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
@@ -152,203 +154,249 @@ def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: boo
 
 
 def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device, resume: bool) -> dict:
-    cams = dataset.train_cameras
-    sched = cfg.schedule
-    extent = camera_extent(cams)
-    # Decision: no more Gaussians than 1/16 of the observed pixels (the preset's cap otherwise): trained
-    # 3DGS scenes end near 1/40 (e.g. 5M Gaussians for 200M pixels), more cannot be constrained by the
-    # photos, and small CPU runs would otherwise densify without bound.
-    max_gaussians = min(cfg.budgets["max_gaussians"], sum(c.width * c.height for c in cams) // 16)
-    min_gaussians = min(max_gaussians, int(MIN_GAUSSIANS_PER_VIEW_PIXEL * max(c.width * c.height for c in cams)))
-    images = ImageCache()
-    background = torch.ones(3, device=device) if cfg.white_background else torch.zeros(3, device=device)
-    state = RunState()
-    prior = DepthPrior(cfg.depth_prior, device) if cfg.depth_prior else None  # a missing file fails here
-
-    rates = LearningRates().scaled(cfg.lr_scale)
+    run = TrainingRun(dataset, out, cfg, reporter, device)
     if resume and latest_checkpoint(out) is not None:
-        ckpt = load_checkpoint(out)
-        model = GaussianModel.from_state_dict(ckpt["model"], device)
-        make_optimizers(model, extent, rates)
-        for k, opt in model.optimizers.items():
+        run.restore(load_checkpoint(out))
+    else:
+        run.start(initial_model(dataset, out, cfg, reporter, device, run.max_gaussians))
+    reporter.stage("train", f"Training {cfg.iterations} iterations on {device.type}")
+    with StopFlag() as flag:
+        while run.state.iteration < cfg.iterations:
+            if flag.stop:
+                raise Cancelled(str(run.save().resolve()))
+            run.step(run.state.iteration + 1)
+    return run.finish()
+
+
+class TrainingRun:
+    """One training run: the Gaussians, their optimisers and schedule state, and `step(it)`, one iteration
+    of the schedule table (section 1 of the method notes): a training view's losses and update, then the
+    schedule's events at that iteration. Mesh in the loop is `MeshPhase`'s (mesh_phase.py)."""
+
+    def __init__(self, dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device):
+        self.out, self.cfg, self.reporter, self.device = out, cfg, reporter, device
+        self.cams = cams = dataset.train_cameras
+        self.sched = cfg.schedule
+        self.extent = camera_extent(cams)
+        # Decision: no more Gaussians than 1/16 of the observed pixels (the preset's cap otherwise): trained
+        # 3DGS scenes end near 1/40 (e.g. 5M Gaussians for 200M pixels), more cannot be constrained by the
+        # photos, and small CPU runs would otherwise densify without bound.
+        self.max_gaussians = min(cfg.budgets["max_gaussians"], sum(c.width * c.height for c in cams) // 16)
+        self.min_gaussians = min(self.max_gaussians,
+                                 int(MIN_GAUSSIANS_PER_VIEW_PIXEL * max(c.width * c.height for c in cams)))
+        self.images = ImageCache()
+        self.background = torch.full((3,), 1.0 if cfg.white_background else 0.0, device=device)
+        self.prior = DepthPrior(cfg.depth_prior, device) if cfg.depth_prior else None  # a missing file fails here
+        self.rates = LearningRates().scaled(cfg.lr_scale)
+        self.state = RunState()
+        self.model: GaussianModel | None = None
+        self.stats: densify.DensifyStats | None = None
+        self.mesh: MeshPhase | None = None
+        self.appearance = self.appearance_opt = None
+        n_checkpoints = max(1, cfg.iterations // cfg.checkpoint_every) if cfg.checkpoint_every else 10
+        self.checkpoint_every = max(1, cfg.iterations // n_checkpoints)
+        self.preview_every = cfg.preview_every or max(1, cfg.iterations // 10)
+        self._last_emit = 0.0
+
+    # -- set-up: a new run, or a checkpoint ---------------------------------------------------------
+    def start(self, model: GaussianModel) -> None:
+        self._attach(model)
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue exactly where `ckpt` (a `save()` payload) stopped."""
+        self._attach(checkpoint_model(ckpt, self.device))
+        for k, opt in self.model.optimizers.items():
             opt.load_state_dict(ckpt["model"]["optimizers"][k])
-        state = RunState(**ckpt["run"])
-        stats = densify.DensifyStats.from_state_dict(ckpt["densify"], device) if ckpt.get("densify") else None
+        self.state = RunState(**ckpt["run"])
+        if ckpt.get("densify"):
+            self.stats = densify.DensifyStats.from_state_dict(ckpt["densify"], self.device)
         torch.set_rng_state(ckpt["torch_rng"])
         random.setstate(ckpt["py_rng"])
-        reporter.log(f"resuming at iteration {state.iteration}")
-    else:
-        model = initial_model(dataset, out, cfg, reporter, device, max_gaussians)
-        make_optimizers(model, extent, rates)
-        stats = None
-    if stats is None:
-        stats = densify.DensifyStats.empty(len(model), device)
-    def train_cameras(it: int) -> list[Camera]:
-        """The cameras at the resolution trained at iteration `it` (half, then full)."""
-        return cams if it >= sched.full_resolution_from else [c.downscaled(2) for c in cams]
+        self.mesh.load_state_dict(checkpoint_mesh_state(ckpt))
+        if self.appearance and ckpt.get("appearance"):
+            self.appearance.load_state_dict(ckpt["appearance"])
+        self.reporter.log(f"resuming at iteration {self.state.iteration}")
 
-    def update_filter() -> None:
+    def _attach(self, model: GaussianModel) -> None:
+        cfg = self.cfg
+        self.model = model
+        make_optimizers(model, self.extent, self.rates)
+        self.stats = densify.DensifyStats.empty(len(model), self.device)
+        self.update_filter()
+        # mesh in the loop (mesh_phase.py) and the optional appearance network (appearance.py)
+        self.mesh = MeshPhase(model, self.cams, self.render_at, extent=self.extent,
+                              max_pivots=cfg.budgets["max_pivots"], schedule=self.sched, scene=cfg.scene,
+                              reporter=self.reporter, seed=cfg.seed)
+        if cfg.decoupled_appearance:
+            self.appearance, self.appearance_opt = make_appearance(len(self.cams), self.device)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def train_cameras(self, it: int) -> list[Camera]:
+        """The cameras at the resolution trained at iteration `it` (half, then full)."""
+        return self.cams if it >= self.sched.full_resolution_from else [c.downscaled(2) for c in self.cams]
+
+    def update_filter(self) -> None:
         # Decision: the filter is the finest sampling rate the scene is ever rendered at (full
         # resolution), also during the half-resolution phase. Computing it at the training resolution
         # halves it at the switch, which fades every small Gaussian at once (opacity x sqrt(det ratio)).
-        model.state["filter_3d"] = compute_filter_3d(model.params["means"].detach(), cams)
+        self.model.state["filter_3d"] = compute_filter_3d(self.model.params["means"].detach(), self.cams)
 
-    update_filter()
+    def render_at(self, camera: Camera, with_stats: bool = False, splats: Splats | None = None):
+        return render(self.model.splats() if splats is None else splats, camera,
+                      sh_degree=self.model.active_sh_degree, background=self.background,
+                      backend=self.cfg.renderer, with_stats=with_stats)
 
-    def save(reason: str = "") -> Path:
-        path = save_checkpoint(out, {
-            "model": model.state_dict(), "run": vars(state), "densify": stats.state_dict(),
-            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_json(),
-            "mesh": mesh.state_dict(), "appearance": appearance.state_dict() if appearance else None})
-        reporter.artifact("checkpoint", path)
+    def render_stats(self, camera: Camera):
+        with torch.no_grad():
+            return self.render_at(camera, with_stats=True)
+
+    def image(self, camera: Camera) -> torch.Tensor:
+        return training_image(self.images, camera, self.background)
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.out, {
+            "model": self.model.state_dict(), "run": vars(self.state), "densify": self.stats.state_dict(),
+            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": self.cfg.to_json(),
+            "mesh": self.mesh.state_dict(),
+            "appearance": self.appearance.state_dict() if self.appearance else None})
+        self.reporter.artifact("checkpoint", path)
         return path
 
-    def render_at(camera: Camera, with_stats: bool = False, splats: Splats | None = None):
-        return render(model.splats() if splats is None else splats, camera, sh_degree=model.active_sh_degree,
-                      background=background, backend=cfg.renderer, with_stats=with_stats)
+    # -- one iteration ---------------------------------------------------------------------------------
+    def step(self, it: int) -> None:
+        """Iteration `it`: the update on one training view, the schedule's events, reporting, checkpoints.
+        Running out of memory during the update saves the run as it was before it (--resume continues)."""
+        with self._saved_if_out_of_memory():
+            out_r, gt, loss = self._update(it)
+        self.state.iteration = it
+        self._schedule_events(it)  # mid-way through one of these the run is not whole: not saved
+        with self._saved_if_out_of_memory():
+            self._report(it, out_r, gt, loss)
 
-    def render_stats(camera: Camera):
-        with torch.no_grad():
-            return render_at(camera, with_stats=True)
-
-    # mesh in the loop (mesh_phase.py) and the optional appearance network (appearance.py)
-    mesh = MeshPhase(model, cams, render_at, extent=extent, max_pivots=cfg.budgets["max_pivots"], schedule=sched,
-                     scene=cfg.scene, reporter=reporter, seed=cfg.seed)
-    appearance, appearance_opt = make_appearance(len(cams), device) if cfg.decoupled_appearance else (None, None)
-    if state.iteration:  # resumed from `ckpt`
-        mesh.load_state_dict(ckpt.get("mesh") or {"started_at": None})
-        if appearance and ckpt.get("appearance"):
-            appearance.load_state_dict(ckpt["appearance"])
-
-    n_checkpoints = max(1, cfg.iterations // cfg.checkpoint_every) if cfg.checkpoint_every else 10
-    ckpt_every = max(1, cfg.iterations // n_checkpoints)
-    preview_every = cfg.preview_every or max(1, cfg.iterations // 10)
-    reporter.stage("train", f"Training {cfg.iterations} iterations on {device.type}")
-    last_emit = 0.0
-    whole = True  # the model and run state describe a whole iteration (not mid-step, not mid-densify)
-    with StopFlag() as flag:
+    @contextlib.contextmanager
+    def _saved_if_out_of_memory(self):
         try:
-            while state.iteration < cfg.iterations:
-                if flag.stop:
-                    path = save()
-                    raise Cancelled(str(path.resolve()))
-                it = state.iteration + 1
-                if not state.order:
-                    state.order = random.sample(range(len(cams)), len(cams))
-                view = state.order.pop()
-                cam = train_cameras(it)[view]
-                gt = training_image(images, cam, background)
-
-                model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
-                set_position_lr(model, it, sched.position_lr_decay_steps, extent, rates)
-
-                # the per-Gaussian statistics feed the "blurry" split of the densification window
-                splats = model.splats()  # shared by the render and the flatness term
-                out_r = render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
-                out_r.means2d.retain_grad()
-                if appearance is None:
-                    photo = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
-                else:
-                    photo = decoupled_photometric_loss(out_r.color, appearance(out_r.color, view), gt, cfg.lambda_ssim)
-                loss = photo
-                if it >= sched.depth_normal_from:
-                    loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
-                        out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
-                    if cfg.lambda_flat:
-                        loss = loss + cfg.lambda_flat * losses.flatness_loss(splats.scales, extent)
-                    if prior is not None:
-                        loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, prior.order(cam, gt),
-                                                                            extent)
-                if cfg.mesh and it >= sched.mesh_from and mesh.started_at is None:
-                    mesh.start(it)
-                if mesh.active:
-                    loss = loss + mesh.loss(cam, out_r.depth_median)[0]
-                if not torch.isfinite(loss):
-                    good = latest_checkpoint(out)
-                    raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
-                                    hint=(f"the last good checkpoint ({good}) is kept: resume with --resume, or "
-                                          "restart with a lower --max-size") if good else
-                                    "restart with different settings (e.g. a lower --max-size)")
-                loss.backward()
-                whole = False
-                if it <= sched.densify_until:
-                    densify.accumulate(stats, out_r, cam)
-                for opt in model.optimizers.values():
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                mesh.after_step(it)
-                if appearance_opt is not None:
-                    appearance_opt.step()
-                    appearance_opt.zero_grad(set_to_none=True)
-                state.iteration = it
-
-                # -- schedule events (section 1 of the method notes) --------------------------------
-                changed = False
-                if sched.is_densify_step(it):
-                    densify.densify_and_prune(model, stats, extent, grad_threshold=cfg.densify_grad_threshold,
-                                              prune_opacity=cfg.prune_opacity,
-                                              max_gaussians=max_gaussians)
-                    changed = True
-                if sched.is_aggressive_clone_step(it):
-                    w = gather_weight_stats(render_stats, train_cameras(it), len(model))
-                    densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated,
-                                             max_gaussians=max_gaussians)
-                    changed = True
-                if it == sched.depth_reinit_at:
-                    densify.depth_reinit(model, train_cameras(it), lambda c: training_image(images, c, background),
-                                         render_stats, n_points=min(len(model), max_gaussians))
-                    make_optimizers(model, extent, rates)
-                    changed = True
-                if it == sched.simplify_at:
-                    simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
-                                           keep_fraction=cfg.simplify_keep_fraction)
-                    make_optimizers(model, extent, rates)  # as the published code: fresh Adam after simplification
-                    changed = True
-                if it == sched.simplify2_at:  # drop the bottom 1% of importance
-                    simplify_by_importance(model, render_stats, train_cameras(it), cfg.scene, min_gaussians,
-                                           keep_mass=0.99)
-                    changed = True
-                if changed:
-                    stats = densify.DensifyStats.empty(len(model), device)
-                if changed or it % sched.filter_3d_every == 0:
-                    update_filter()
-                whole = True
-
-                # -- reporting ------------------------------------------------------------------------
-                now = time.monotonic()
-                if now - last_emit > 0.2 or it == cfg.iterations:
-                    last_emit = now
-                    psnr = float(losses.psnr(out_r.color.detach(), gt))
-                    record = {"step": it, "loss": float(loss.detach()), "psnr": psnr, "gaussians": len(model)}
-                    state.history.append(record)
-                    reporter.progress("train", it, cfg.iterations, loss=record["loss"], psnr=psnr,
-                                      gaussians=len(model))
-                if it % preview_every == 0 or it == cfg.iterations:
-                    reporter.artifact("preview", write_preview(out, it, cams[0], render_at, images, background))
-                if it % ckpt_every == 0 and it != cfg.iterations:
-                    save()
+            yield
         except torch.OutOfMemoryError:
-            if whole:  # save the run as it was before the failed step; --resume continues from it
-                out_r = loss = splats = None  # let the failed step's tensors go first
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                save()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.save()
             raise
 
-    save()
-    run = RunFolder(out)
-    ply = write_ply(model, run.gaussians)
-    reporter.artifact("gaussians", ply)
-    curve = save_loss_curve(run.loss_curve, state.history)
-    if curve:
-        reporter.artifact("loss_curve", curve)
-    outputs = {"gaussians": str(ply.resolve()), "cameras": str(run.cameras.resolve()),
-               "log": str(run.log.resolve())}
-    if cfg.extract_mesh:
-        outputs.update(final_mesh(mesh, out, lambda c: training_image(images, c, background), sched,
-                                  remove_unseen=cfg.remove_unseen, keep_fragments=cfg.keep_fragments,
-                                  seed=cfg.seed, reporter=reporter))
-    return outputs
+    def _update(self, it: int):
+        """Losses on one training view, then one optimiser step; nothing changes before the step, so a
+        failure (out of memory, NaN) leaves the run as it was."""
+        cfg, sched, model, state = self.cfg, self.sched, self.model, self.state
+        if not state.order:
+            state.order = random.sample(range(len(self.cams)), len(self.cams))
+        view = state.order.pop()
+        cam = self.train_cameras(it)[view]
+        gt = self.image(cam)
+
+        model.active_sh_degree = sched.sh_degree(it, model.max_sh_degree)
+        set_position_lr(model, it, sched.position_lr_decay_steps, self.extent, self.rates)
+
+        # the per-Gaussian statistics feed the "blurry" split of the densification window
+        splats = model.splats()  # shared by the render and the flatness term
+        out_r = self.render_at(cam, with_stats=it <= sched.densify_until, splats=splats)
+        out_r.means2d.retain_grad()
+        if self.appearance is None:
+            loss = losses.photometric_loss(out_r.color, gt, cfg.lambda_ssim)
+        else:
+            loss = decoupled_photometric_loss(out_r.color, self.appearance(out_r.color, view), gt, cfg.lambda_ssim)
+        if it >= sched.depth_normal_from:
+            loss = loss + cfg.lambda_depth_normal * losses.depth_normal_loss(
+                out_r.normals, out_r.depth_median, out_r.depth_expected, cam)
+            if cfg.lambda_flat:
+                loss = loss + cfg.lambda_flat * losses.flatness_loss(splats.scales, self.extent)
+            if self.prior is not None:
+                loss = loss + LAMBDA_DEPTH_ORDER * depth_order_loss(out_r.depth_expected, self.prior.order(cam, gt),
+                                                                    self.extent)
+        if cfg.mesh and it >= sched.mesh_from and self.mesh.started_at is None:
+            self.mesh.start(it)
+        if self.mesh.active:
+            loss = loss + self.mesh.loss(cam, out_r.depth_median)[0]
+        if not torch.isfinite(loss):
+            good = latest_checkpoint(self.out)
+            raise MiloError(f"training diverged: the loss became {loss.item()} at iteration {it}",
+                            hint=(f"the last good checkpoint ({good}) is kept: resume with --resume, or "
+                                  "restart with a lower --max-size") if good else
+                            "restart with different settings (e.g. a lower --max-size)")
+        loss.backward()
+        if it <= sched.densify_until:
+            densify.accumulate(self.stats, out_r, cam)
+        for opt in model.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.mesh.after_step(it)
+        if self.appearance_opt is not None:
+            self.appearance_opt.step()
+            self.appearance_opt.zero_grad(set_to_none=True)
+        return out_r, gt, loss
+
+    def _schedule_events(self, it: int) -> None:
+        """Section 1 of the method notes: densification, re-initialisation, simplifications, 3D filter."""
+        cfg, sched, model = self.cfg, self.sched, self.model
+        changed = False
+        if sched.is_densify_step(it):
+            densify.densify_and_prune(model, self.stats, self.extent, grad_threshold=cfg.densify_grad_threshold,
+                                      prune_opacity=cfg.prune_opacity, max_gaussians=self.max_gaussians)
+            changed = True
+        if sched.is_aggressive_clone_step(it):
+            w = gather_weight_stats(self.render_stats, self.train_cameras(it), len(model))
+            densify.aggressive_clone(model, w.weight_sum, w.pixels_dominated, max_gaussians=self.max_gaussians)
+            changed = True
+        if it == sched.depth_reinit_at:
+            densify.depth_reinit(model, self.train_cameras(it), self.image, self.render_stats,
+                                 n_points=min(len(model), self.max_gaussians))
+            make_optimizers(model, self.extent, self.rates)
+            changed = True
+        if it == sched.simplify_at:
+            simplify_by_importance(model, self.render_stats, self.train_cameras(it), cfg.scene, self.min_gaussians,
+                                   keep_fraction=cfg.simplify_keep_fraction)
+            make_optimizers(model, self.extent, self.rates)  # as the published code: fresh Adam after simplification
+            changed = True
+        if it == sched.simplify2_at:  # drop the bottom 1% of importance
+            simplify_by_importance(model, self.render_stats, self.train_cameras(it), cfg.scene, self.min_gaussians,
+                                   keep_mass=0.99)
+            changed = True
+        if changed:
+            self.stats = densify.DensifyStats.empty(len(model), self.device)
+        if changed or it % sched.filter_3d_every == 0:
+            self.update_filter()
+
+    def _report(self, it: int, out_r, gt: torch.Tensor, loss: torch.Tensor) -> None:
+        total = self.cfg.iterations
+        now = time.monotonic()
+        if now - self._last_emit > 0.2 or it == total:
+            self._last_emit = now
+            psnr = float(losses.psnr(out_r.color.detach(), gt))
+            record = {"step": it, "loss": float(loss.detach()), "psnr": psnr, "gaussians": len(self.model)}
+            self.state.history.append(record)
+            self.reporter.progress("train", it, total, loss=record["loss"], psnr=psnr, gaussians=len(self.model))
+        if it % self.preview_every == 0 or it == total:
+            self.reporter.artifact("preview", write_preview(self.out, it, self.cams[0], self.render_at, self.images,
+                                                            self.background))
+        if it % self.checkpoint_every == 0 and it != total:
+            self.save()
+
+    # -- the end ---------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """The last checkpoint, gaussians.ply, the loss curve and (unless disabled) the final mesh."""
+        cfg, reporter = self.cfg, self.reporter
+        self.save()
+        run = RunFolder(self.out)
+        ply = write_ply(self.model, run.gaussians)
+        reporter.artifact("gaussians", ply)
+        curve = save_loss_curve(run.loss_curve, self.state.history)
+        if curve:
+            reporter.artifact("loss_curve", curve)
+        outputs = {"gaussians": str(ply.resolve()), "cameras": str(run.cameras.resolve()),
+                   "log": str(run.log.resolve())}
+        if cfg.extract_mesh:
+            outputs.update(final_mesh(self.mesh, self.out, self.image, self.sched, remove_unseen=cfg.remove_unseen,
+                                      keep_fragments=cfg.keep_fragments, seed=cfg.seed, reporter=reporter))
+        return outputs
 
 
 def simplify_by_importance(model: GaussianModel, render_stats, cameras: list[Camera], scene: str, min_keep: int,
