@@ -56,6 +56,10 @@ def read_mesh_ply(path: str | Path) -> MeshData:
     if not {"x", "y", "z"} <= set(names):
         raise MiloError(f"{path} has no x/y/z vertex positions", hint=HINT, path=path)
     vertices = np.stack([np.array(v[c], dtype=np.float32) for c in ("x", "y", "z")], axis=1)
+    bad = np.flatnonzero(~np.isfinite(vertices).all(axis=1))
+    if len(bad):
+        raise MiloError(f"{path}: {len(bad)} of its {len(vertices)} vertices have non-finite positions (vertex "
+                        f"{bad[0]}: {vertices[bad[0]].tolist()})", hint=HINT, path=path)
     prop = _face_property(ply)
     if prop is None:
         raise MiloError(f"{path} has no faces (it is a point cloud)",

@@ -2,6 +2,7 @@
 camera conversion, mesh PLY reading, splat attributes, progress texts."""
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
@@ -247,6 +248,13 @@ def test_read_mesh_ply_rejects_what_is_not_a_mesh(tmp_path):
     write_mesh(bad, [[0, 1, 9]])
     with pytest.raises(MiloError, match="missing vertices"):
         read_mesh_ply(bad)
+    nan = tmp_path / "nan.ply"
+    write_mesh(nan, [[0, 1, 2]])
+    data = PlyData.read(io.BytesIO(nan.read_bytes()))  # not memory-mapped: the file is rewritten below
+    data["vertex"].data["y"][3] = np.nan
+    data.write(str(nan))
+    with pytest.raises(MiloError, match="non-finite positions .vertex 3"):
+        read_mesh_ply(nan)
 
 
 # -- splat attributes ---------------------------------------------------------------------------------
