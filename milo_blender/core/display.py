@@ -1,10 +1,12 @@
 """Short texts the panel shows for a job: the progress line, the ETA, the metrics, and quality presets."""
 from __future__ import annotations
 
+from milo_backend.config import BASE_ITERATIONS
+
 from .protocol import CANCELLED, CANCELLING, DONE, FAILED, JobState
 
 # Iteration budgets offered as "quality" (the backend scales its whole schedule to the budget).
-QUALITY_ITERATIONS = {"DRAFT": 2_000, "STANDARD": 7_000, "FULL": 18_000}
+QUALITY_ITERATIONS = {"DRAFT": 2_000, "STANDARD": 7_000, "FULL": BASE_ITERATIONS}
 
 
 def format_duration(seconds: float | None) -> str:
