@@ -35,7 +35,8 @@ DEFAULT_FOCAL_FACTOR = 1.2  # focal prior = 1.2 x longest side without EXIF (COL
 NO_MODEL_HINT = ("Structure from motion needs photos that overlap a lot (each part of the object seen in "
                  "3+ photos from slightly different angles, ~60-80% overlap between neighbours), with texture "
                  "(not blank walls, glass or mirrors), sharp (no motion blur) and of a static scene: avoid "
-                 "moving people, animals or shadows, and zoom changes.")
+                 "moving people, animals or shadows, and zoom changes. A small object in small photos gives too "
+                 "few features: use larger photos, or give the camera poses (a COLMAP model or transforms.json).")
 
 
 class StageClock:
@@ -212,6 +213,9 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
             raise MiloError(f"Structure from motion found no camera poses for the {len(kept)} photos in "
                             f"{images_dir}", hint=NO_MODEL_HINT, path=images_dir)
         rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))  # the largest
+        if rec.num_reg_images() < MIN_PHOTOS:
+            raise MiloError(f"Structure from motion placed only {rec.num_reg_images()} of the {len(kept)} photos in "
+                            f"{images_dir}; training needs at least {MIN_PHOTOS}", hint=NO_MODEL_HINT, path=images_dir)
 
         # -- undistortion ------------------------------------------------------------------------------
         source_of = {name: src for src, name in kept}
