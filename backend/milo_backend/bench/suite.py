@@ -69,7 +69,7 @@ def run_row(scene_dir: Path, scene_name: str, source: str, out: Path, device: st
     try:
         train(data, out, cfg, reporter)
     except MiloError as exc:
-        return {**row, "seconds": time.perf_counter() - wall, "note": f"failed: {exc}"}
+        return {**row, "seconds": time.perf_counter() - wall, "note": f"failed: {exc.message}"}  # one table line
     wall = time.perf_counter() - wall
     images = evaluate_run(out, NullReporter(), device=device)
     verts, faces = read_mesh(out / "mesh.ply")
