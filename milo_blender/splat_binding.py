@@ -1,5 +1,5 @@
-"""Splats bound to a mesh, in Blender (the Gaussian object itself is `gaussian_object`): where the binding is stored, how the deformed mesh is read, and the per-frame
-splats (live display and export). The maths lives in `core` (binding, topology_tracking, splat_frames).
+"""Splats bound to a mesh, in Blender (the Gaussian object itself is `gaussian_object`): where the binding
+is stored, how the deformed mesh is read, and the per-frame splats (live display and export). The maths lives in `core` (binding, topology_tracking, splat_frames).
 
 Storage (saved with the .blend file):
   - per splat, point attributes of the Gaussian mesh (so deleting splats keeps them consistent): milo_face,

@@ -47,7 +47,8 @@ def save_checkpoint(out: Path, payload: dict) -> Path:
 
 def load_checkpoint(out: Path) -> dict:
     errors = []
-    for p in (RunFolder(out).latest_checkpoint, RunFolder(out).previous_checkpoint):
+    run = RunFolder(out)
+    for p in (run.latest_checkpoint, run.previous_checkpoint):
         if not p.exists():
             continue
         try:

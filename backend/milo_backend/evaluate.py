@@ -60,9 +60,10 @@ def load_gaussians(source, reporter: Reporter | None = None, device: torch.devic
         ckpt = load_checkpoint(run)
         write_ply(checkpoint_model(ckpt), ply)
         it, total = ckpt["run"]["iteration"], ckpt.get("config", {}).get("iterations")
-        (reporter or NullReporter()).warning(f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
-                         f"(iteration {it}{f' of {total}' if total else ''})",
-                         hint="nothing to do if the run had finished; otherwise continue it with train --resume")
+        (reporter or NullReporter()).warning(
+            f"{ply} could not be read ({exc.message}); it was rebuilt from the run's checkpoint "
+            f"(iteration {it}{f' of {total}' if total else ''})",
+            hint="nothing to do if the run had finished; otherwise continue it with train --resume")
         return read_ply(ply, device)
 
 
@@ -97,17 +98,17 @@ def render_cameras(source, cameras_file, out_dir, reporter: Reporter, device: st
 
 def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> dict:
     """PSNR / SSIM of the run's held-out views (cameras with split "test"); writes `run/eval.json`."""
-    from milo_backend.data.images import ImageCache
-    from milo_backend.data.images import training_image
+    from milo_backend.data.images import ImageCache, training_image
 
     run = Path(run)
+    folder = RunFolder(run)
     dev = select_device(device)
-    cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "test"]
+    cameras = [c for c in read_cameras(folder.cameras) if c.split == "test"]
     if not cameras:
         raise MiloError(f"the run in {run} has no held-out views",
                         hint="train with --eval (every 8th image held out) or a dataset with a test split",
-                        path=RunFolder(run).cameras)
-    config = read_run_config(RunFolder(run).config)
+                        path=folder.cameras)
+    config = read_run_config(folder.config)
     bg = torch.full((3,), 1.0 if config.white_background else 0.0, device=dev)
     splats, sh_degree = load_splats(run, dev, reporter)
     images = ImageCache()
@@ -123,6 +124,6 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
     metrics = {"views": len(per_view),
                "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
                "ssim": sum(v["ssim"] for v in per_view) / len(per_view), "per_view": per_view}
-    write_json(RunFolder(run).eval, metrics)
-    reporter.artifact("eval", RunFolder(run).eval)
+    write_json(folder.eval, metrics)
+    reporter.artifact("eval", folder.eval)
     return metrics

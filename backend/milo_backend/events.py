@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,11 +121,7 @@ class Reporter:
         """Whoever reads the events has gone (Blender quit or was killed): stop as on Ctrl-C, so that a
         running training saves a checkpoint and exits instead of working on as an orphan."""
         self._caller_gone = True
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.write(json.dumps({"event": "log", "v": PROTOCOL_VERSION, "time": round(time.time(), 3),
-                                            "message": "the event stream was closed by its reader: stopping"}) + "\n")
-                self._log.flush()
+        self.emit("log", message="the event stream was closed by its reader: stopping")  # to the log file only
         signal.raise_signal(signal.SIGTERM)
 
     def _human(self, obj: dict) -> None:

@@ -313,19 +313,17 @@ def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", itera
 def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | None, remove_unseen: bool,
                  renderer: str, keep_fragments: bool) -> dict:
     from milo_backend.checkpoint import checkpoint_mesh_state, checkpoint_model, latest_checkpoint, load_checkpoint
-    from milo_backend.data.images import ImageCache
+    from milo_backend.data.images import ImageCache, training_image
     from milo_backend.device import select_device
     from milo_backend.evaluate import load_gaussians, read_cameras
-    from milo_backend.data.images import training_image
 
-    run = Path(run)
     dev = select_device(device)
-    cfg = read_run_config(RunFolder(run).config)
-    cameras = [c for c in read_cameras(RunFolder(run).cameras) if c.split == "train"]
+    folder = RunFolder(run)
+    cfg = read_run_config(folder.config)
+    cameras = [c for c in read_cameras(folder.cameras) if c.split == "train"]
     if len(cameras) < 2:
-        raise MiloError(f"{RunFolder(run).cameras} has {len(cameras)} training view(s)",
-                        hint="extraction needs the training cameras of the run (at least 2)",
-                        path=RunFolder(run).cameras)
+        raise MiloError(f"{folder.cameras} has {len(cameras)} training view(s)",
+                        hint="extraction needs the training cameras of the run (at least 2)", path=folder.cameras)
     state = None
     model = load_gaussians(run, reporter, dev)  # also repairs a damaged gaussians.ply, as render and eval do
     if latest_checkpoint(run) is not None:  # the unbaked state and the mesh phase's, to continue exactly

@@ -1,10 +1,11 @@
 """A training run's output folder: every file name of a run, and its lock. Torch-free, so that the
 Blender extension (`milo_blender/core/runs.py`) reads runs through the same names.
 
-One job at a time writes into a run folder. A second `train` or `extract` into a folder that a running job holds is refused with a message naming
-the holder. The lock is an OS file lock on `OUT/.milo.lock`, which the kernel releases when the process
-ends in any way (crash, SIGKILL, power loss of a network client), so a dead job never leaves the folder
-locked; the file's text (pid, host, start time) only serves the message.
+One job at a time writes into a run folder. A second `train` or `extract` into a folder that a running
+job holds is refused with a message naming the holder. The lock is an OS file lock on `OUT/.milo.lock`,
+which the kernel releases when the process ends in any way (crash, SIGKILL, power loss of a network
+client), so a dead job never leaves the folder locked; the file's text (pid, host, start time) only
+serves the message.
 """
 from __future__ import annotations
 

@@ -75,16 +75,17 @@ class StopFlag:
 
 def prepare_output(out: Path, resume: bool) -> None:
     """Refuse to silently overwrite a previous run; `--resume` continues it."""
+    run = RunFolder(out)
     if resume:
-        if latest_checkpoint(out) is None and not RunFolder(out).gaussians.exists():
+        if not run.holds_run:
             raise MiloError(f"nothing to resume in {out}", hint="run train without --resume", path=out)
-        if latest_checkpoint(out) is None:  # a finished run whose checkpoints were deleted
+        if not run.resumable:  # a finished run whose checkpoints were deleted
             raise MiloError(f"{out} holds a finished run but no checkpoint (checkpoints/ is gone): there is "
                             "nothing to resume from, and its gaussians.ply is kept as it is",
                             hint="`extract` rebuilds the mesh from gaussians.ply; to train again, choose "
                                  "another output folder", path=out)
         return
-    if latest_checkpoint(out) is not None or RunFolder(out).gaussians.exists():
+    if run.holds_run:
         raise MiloError(f"{out} already holds a training run",
                         hint="add --resume to continue it, or choose another output folder", path=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,8 +139,7 @@ def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: boo
     cams = dataset.train_cameras
     if len(cams) < 2:
         raise MiloError(f"only {len(cams)} training image(s) in {data}", hint="training needs at least 2 views")
-    write_json(run.cameras, {"cameras": [c.to_json() for c in dataset.cameras],
-                                      "extent": camera_extent(cams)})
+    write_json(run.cameras, {"cameras": [c.to_json() for c in dataset.cameras], "extent": camera_extent(cams)})
     reporter.artifact("cameras", run.cameras)
     write_json(run.config, cfg.to_json())
     try:

@@ -1,5 +1,5 @@
-"""The nearest triangle of each point, exactly (numpy only: no scipy in Blender): a bounding-volume hierarchy over the triangles. Their centroids
-are ordered by a k-d tree (median splits along the longest extent), so that runs of LEAF_SIZE triangles form
+"""The nearest triangle of each point, exactly (numpy only: no scipy in Blender): a bounding-volume
+hierarchy over the triangles. Their centroids are ordered by a k-d tree (median splits along the longest extent), so that runs of LEAF_SIZE triangles form
 compact leaves, grouped FANOUT at a time into nodes with bounding boxes. Each point first measures the leaf of
 its k-d cell (usually already the answer), then all points descend level by level together: a node is skipped
 only when its box, which contains all its triangles, is farther than a triangle already measured, so the result

@@ -214,8 +214,9 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
                             f"{images_dir}", hint=NO_MODEL_HINT, path=images_dir)
         rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))  # the largest
         if rec.num_reg_images() < MIN_PHOTOS:
-            raise MiloError(f"Structure from motion placed only {rec.num_reg_images()} of the {len(kept)} photos in "
-                            f"{images_dir}; training needs at least {MIN_PHOTOS}", hint=NO_MODEL_HINT, path=images_dir)
+            raise MiloError(f"Structure from motion placed only {rec.num_reg_images()} of the {len(kept)} photos "
+                            f"in {images_dir}; training needs at least {MIN_PHOTOS}", hint=NO_MODEL_HINT,
+                            path=images_dir)
 
         # -- undistortion ------------------------------------------------------------------------------
         source_of = {name: src for src, name in kept}
