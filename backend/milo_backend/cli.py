@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also JIT-compile gsplat/nvdiffrast (minutes)")
     _add_common(p)
 
+    p = sub.add_parser("setup-gpu", help="install or build the CUDA kernels (gsplat, nvdiffrast) where possible, "
+                                         "else say why the PyTorch path runs on the GPU")
+    _add_common(p)
+
     p = sub.add_parser("bench", help="run benchmarks and write their tables to BENCHMARKS.md")
     p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop suite (default train)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -216,6 +220,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         if not args.json:
             print(json.dumps(report, indent=2))
         reporter.done(**report)
+    elif cmd == "setup-gpu":
+        from milo_backend.gpu_kernels import setup
+
+        reporter.done(kernels=setup(reporter))
     elif cmd == "bench":
         from milo_backend.bench.run import run_benchmarks
 

@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from milo_backend import gpu_kernels
+
 
 def _module_status(name: str) -> dict:
     try:
@@ -15,25 +17,6 @@ def _module_status(name: str) -> dict:
         return {"import": True, "version": getattr(mod, "__version__", None)}
     except Exception as exc:  # noqa: BLE001 - report, never crash
         return {"import": False, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _compile_status(check) -> dict:
-    try:
-        check()
-        return {"compiled": True}
-    except Exception as exc:  # noqa: BLE001
-        return {"compiled": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-
-
-def _gsplat_kernels() -> None:
-    from gsplat.cuda._backend import _C
-    if _C is None:
-        raise RuntimeError("gsplat CUDA kernels unavailable")
-
-
-def _nvdiffrast_kernels() -> None:
-    import nvdiffrast.torch as dr
-    dr.RasterizeCudaContext()
 
 
 def doctor(compile_extensions: bool = False) -> dict:
@@ -48,9 +31,27 @@ def doctor(compile_extensions: bool = False) -> dict:
         "gsplat": _module_status("gsplat"), "nvdiffrast": _module_status("nvdiffrast.torch"),
         "pycolmap": _module_status("pycolmap"),
     }
-    if compile_extensions and cuda:
-        report["gsplat"].update(_compile_status(_gsplat_kernels))
-        report["nvdiffrast"].update(_compile_status(_nvdiffrast_kernels))
     report["device"] = "cuda" if cuda else "cpu"
-    report["renderer"] = "gsplat" if cuda and report["gsplat"].get("compiled", report["gsplat"]["import"]) else "torch"
+    report["kernels"] = kernel_report(compile_extensions)
+    report["renderer"] = report["kernels"][report["device"]]["renderer"]
+    report["mesh_rasteriser"] = report["kernels"][report["device"]]["mesh_rasteriser"]
     return report
+
+
+def kernel_report(compile_extensions: bool = False, say=None) -> dict:
+    """Per device: which Gaussian renderer and mesh rasteriser run, where their kernels come from, why.
+    `compile_extensions` loads (or builds, saying so) the kernels instead of only predicting them."""
+    facts = gpu_kernels.gather_facts()
+    cpu = {"renderer": "torch", "mesh_rasteriser": "torch", "why": "the CPU path is PyTorch"}
+    if not facts.cuda:
+        plan = gpu_kernels.plan_gsplat(facts)
+        return {"cpu": cpu, "cuda": {"renderer": None, "mesh_rasteriser": None, "why": plan.why}}
+    wheels = None if facts.gsplat_built else gpu_kernels.fetch_gsplat_wheels(facts, timeout_s=5.0)
+    plans = [gpu_kernels.plan_gsplat(facts, wheels), gpu_kernels.plan_nvdiffrast(facts)]
+    if compile_extensions:
+        plans = [gpu_kernels.prepare(p, say or gpu_kernels._stderr) for p in plans]
+    gs, nv = plans
+    # a JIT build runs at the first CUDA job (saying so); a prebuilt wheel waits for `setup-gpu`
+    ready = {p.library: p.active if p.source in ("built", "jit build") else "torch" for p in plans}
+    return {"cpu": cpu, "cuda": {"renderer": ready["gsplat"], "mesh_rasteriser": ready["nvdiffrast"],
+                                 "gsplat": gs.to_json(), "nvdiffrast": nv.to_json()}}

@@ -318,6 +318,9 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
     from milo_backend.evaluate import load_gaussians, read_cameras
 
     dev = select_device(device)
+    if dev.type == "cuda":
+        from milo_backend import gpu_kernels
+        gpu_kernels.announce(reporter, ("gsplat", "nvdiffrast") if renderer != "torch" else ("nvdiffrast",))
     folder = RunFolder(run)
     cfg = read_run_config(folder.config)
     cameras = [c for c in read_cameras(folder.cameras) if c.split == "train"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from milo_backend import losses
+from milo_backend import gpu_kernels, losses
 from milo_backend.atomic import write_json
 from milo_backend.checkpoint import (checkpoint_mesh_state, checkpoint_model, latest_checkpoint, load_checkpoint,
                                      save_checkpoint)
@@ -132,6 +132,8 @@ def _train_in(data, out: Path, cfg: TrainConfig, reporter: Reporter, resume: boo
     run = RunFolder(out)
     reporter.attach_log(run.log)
     device = select_device(cfg.device)
+    if device.type == "cuda":
+        gpu_kernels.announce(reporter, ("gsplat", "nvdiffrast") if cfg.renderer != "torch" else ("nvdiffrast",))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     reporter.stage("load", f"Loading {data}")

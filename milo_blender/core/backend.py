@@ -152,13 +152,16 @@ def setup_steps(base_python: str | Path, venv_dir: str | Path, backend_wheel: st
     py = venv_python(venv_dir)
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
     torch_args, torch_label = torch_install_args(system, gpu)
-    wheel = str(backend_wheel) + ("[cuda]" if gpu is not None and system != "Darwin" else "")
-    return [
+    cuda = gpu is not None and system != "Darwin"
+    wheel = str(backend_wheel) + ("[cuda]" if cuda else "")
+    steps = [
         Step([str(base_python), "-m", "venv", str(venv_dir)], "Creating the Python environment", json=False),
         Step(pip + torch_args, f"Installing {torch_label}", json=False),
         Step(pip + [wheel], "Installing the MILo backend", json=False),
-        Step(doctor_command(py), "Checking the backend"),
     ]
+    if cuda:  # a prebuilt gsplat wheel where one matches, else a build with progress, else the torch path
+        steps.append(Step(backend_command(py, "setup-gpu"), "Setting up the GPU kernels"))
+    return steps + [Step(doctor_command(py), "Checking the backend")]
 
 
 def bundled_backend_wheel(extension_dir: str | Path) -> Path:

@@ -90,10 +90,12 @@ def test_setup_steps(tmp_path):
     assert steps[0].argv == ["/blender/python3.11", "-m", "venv", str(venv)]
     assert steps[1].argv[:4] == [vpy, "-m", "pip", "install"] and "torch" in steps[1].argv
     assert steps[2].argv[-1] == str(wheel) + "[cuda]"
-    assert steps[3].argv == [vpy, "-m", "milo_backend", "doctor", "--json"] and steps[3].json
+    assert steps[3].argv == [vpy, "-m", "milo_backend", "setup-gpu", "--json"] and steps[3].json
+    assert steps[4].argv == [vpy, "-m", "milo_backend", "doctor", "--json"] and steps[4].json
     assert not any(s.json for s in steps[:3])
     cpu = backend.setup_steps("/py", venv, wheel, None, system="Linux")
     assert cpu[2].argv[-1] == str(wheel)
+    assert [s.argv[3] for s in cpu[3:]] == ["doctor"]  # no GPU: no kernels to set up
 
 
 def test_detect_nvidia_gpu(monkeypatch):

@@ -21,6 +21,9 @@ def available(device: torch.device | str = "cuda") -> bool:
     if key not in _AVAILABLE:
         _AVAILABLE[key] = False
         if torch.cuda.is_available() and torch.device(device).type == "cuda":
+            from milo_backend import gpu_kernels
+            if gpu_kernels.active("nvdiffrast").active != "nvdiffrast":  # never a silent build
+                return False
             try:
                 _context(torch.device(device))
                 _AVAILABLE[key] = True

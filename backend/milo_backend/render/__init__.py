@@ -58,17 +58,11 @@ def render(splats: Splats, camera, *, sh_degree: int, background: torch.Tensor |
 
 
 def gsplat_available() -> bool:
-    """True when CUDA is present and gsplat's kernels compile/load (cached after the first call)."""
-    global _GSPLAT_OK
-    if _GSPLAT_OK is None:
-        _GSPLAT_OK = False
-        if torch.cuda.is_available():
-            try:
-                from gsplat.cuda._backend import _C  # noqa: F401  (JIT-compiles on first use)
-                _GSPLAT_OK = _C is not None
-            except Exception:  # noqa: BLE001 - any build/import failure means "use torch"
-                _GSPLAT_OK = False
-    return _GSPLAT_OK
+    """True when CUDA is present and gsplat's kernels load; a first build says so while it runs
+    (`gpu_kernels.active`), and a machine that cannot build never tries."""
+    if not torch.cuda.is_available():
+        return False
+    from milo_backend import gpu_kernels
+    return gpu_kernels.active("gsplat").active == "gsplat"
 
 
-_GSPLAT_OK: bool | None = None
