@@ -3,6 +3,9 @@
 #   bash run.sh demo   - generate the bundled sample scene and reconstruct it (photos -> cameras -> Gaussians)
 #   bash run.sh test   - run the whole test suite
 #   bash run.sh bench  - run the benchmarks and update BENCHMARKS.md
+#   bash run.sh gpu-kit   - build the offline GPU check kit in .gpu_kit/ (needs internet)
+#   bash run.sh gpu-check - on a CUDA machine: install the kit offline, build, test and measure the GPU
+#                           path under a 9-minute cap; --dry-run (or no CUDA): the steps that need no GPU
 # Set-up: a virtual environment in .venv (it sees a CUDA PyTorch already installed on the system; else
 # installs the pinned CPU build), the backend package in editable mode and the test tools.
 set -euo pipefail
@@ -53,8 +56,21 @@ case "$cmd" in
     setup
     "$VENV/bin/milo-backend" bench "$@"
     ;;
+  gpu-kit)
+    setup
+    "$VENV/bin/python" tools/gpu_kit/build_kit.py "$@"
+    ;;
+  gpu-check)
+    # On the GPU machine the system Python holds the CUDA torch and nothing can be installed from the
+    # internet: no set-up there. Elsewhere (no CUDA, or --dry-run) the project's venv runs the dry run.
+    if [[ " $* " != *" --dry-run "* ]] && "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+      exec "$PY" tools/gpu_kit/gpu_check.py "$@"
+    fi
+    setup
+    exec "$VENV/bin/python" tools/gpu_kit/gpu_check.py "$@"
+    ;;
   *)
-    sed -n '2,7p' "$0"
+    sed -n '2,10p' "$0"
     exit 1
     ;;
 esac

@@ -13,7 +13,9 @@ any machine; `gather_facts` reads the facts without building anything.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -240,13 +242,16 @@ def gather_facts() -> KernelFacts:
 
 
 def fetch_gsplat_wheels(facts: KernelFacts, timeout_s: float = 20.0) -> list[str] | None:
-    """Matching prebuilt gsplat wheels from gsplat's index, or None when the index cannot be read."""
+    """Matching prebuilt gsplat wheels from gsplat's index, or None when the index cannot be read (or
+    MILO_OFFLINE is set)."""
     import urllib.error
     import urllib.request
 
     tag = torch_tag(facts.torch_version, facts.torch_cuda)
     if tag is None:
         return []
+    if os.environ.get("MILO_OFFLINE"):  # a machine without internet: do not wait for a timeout
+        return None
     try:
         with urllib.request.urlopen(f"{GSPLAT_WHEEL_INDEX}{tag}/gsplat/", timeout=timeout_s) as resp:
             html = resp.read().decode("utf-8", "replace")
@@ -279,7 +284,9 @@ def with_heartbeat(work: Callable[[], object], say: Callable[[str], None], label
 
 
 def load_gsplat_kernels() -> None:
-    from gsplat.cuda._backend import _C
+    # gsplat prints its build status to stdout, which carries the JSON events: send it to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        from gsplat.cuda._backend import _C
     if _C is None:
         raise RuntimeError("gsplat's CUDA kernels did not load (see the messages above)")
 
