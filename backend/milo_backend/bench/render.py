@@ -134,6 +134,8 @@ def bench_render(device: str = "cpu") -> str:
                              "forward s": t["forward_s"], "backward s": t["backward_s"],
                              "fwd+bwd s": t["total_s"], "it/s": 1.0 / t["total_s"],
                              "peak GPU MB": torch.cuda.max_memory_allocated() / 2 ** 20})
+    split = gpu_time_split(*random_scene(CUDA_CASES[-1][1], CUDA_CASES[-1][0], CUDA_CASES[-1][0], device="cuda")) \
+        if device != "cpu" and "gsplat" in backends else None
     md = section_header("Gaussian renderer", f"python -m milo_backend.bench.render {device}", device)
     md += ("Random anisotropic Gaussians (3-sigma radius 1.5-5 px at the scene centre, opacity 0.05-0.95, "
            "SH degree 3); one view; loss touches colour, alpha, both depths and normals; best of 10"
@@ -142,7 +144,40 @@ def bench_render(device: str = "cpu") -> str:
               f"{load_before:.1f} / {os.getloadavg()[0]:.1f}) and, steadier, the CPU seconds of the same "
               "work on 1 thread" if device == "cpu" else "")
            + ".\n\n")
-    return md + markdown_table(rows)
+    md += markdown_table(rows)
+    if split:
+        md += ("\n\nWhere the GPU time of the gsplat path goes (forward + backward, CUDA kernel time from "
+               "torch's profiler over 5 renders of the largest case): gsplat's own kernels against the rest "
+               "(our compositor pass for the median depth and statistics, SH, normals, the loss):\n\n")
+        md += markdown_table(split)
+    return md
+
+
+GSPLAT_KERNELS = ("projection", "isect", "rasterize_to_pixels", "gsplat")
+
+
+def gpu_time_split(splats: Splats, camera: Camera, repeats: int = 5) -> list[dict]:
+    """CUDA kernel milliseconds per render, gsplat's kernels against everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = _leaf_splats(splats)
+    _loss(render(leaves, camera, sh_degree=3, backend="gsplat")).backward()  # warm up
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            _loss(render(leaves, camera, sh_degree=3, backend="gsplat")).backward()
+        torch.cuda.synchronize()
+    ours, theirs = 0.0, 0.0
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        if any(k in event.key.lower() for k in GSPLAT_KERNELS):
+            theirs += us
+        else:
+            ours += us
+    total = max(ours + theirs, 1e-9)
+    return [{"part": "gsplat's kernels", "ms per render": theirs / 1000 / repeats, "share": f"{theirs / total:.0%}"},
+            {"part": "the rest (compositor pass, SH, normals, loss)", "ms per render": ours / 1000 / repeats,
+             "share": f"{ours / total:.0%}"}]
 
 
 def main(argv: list[str] | None = None) -> None:
