@@ -74,10 +74,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _step_case(n_pivots: int, device: str, raster: str, repeats: int = 3) -> dict:
+def step_scene(n_pivots: int, device: str = "cpu"):
+    """The step benchmark's scene: Gaussians (means, log scales, quats, ids; leaves that require grad)
+    in a thin shell around the unit sphere, and the camera whose 512x512 view the sphere fills."""
     from milo_backend.data.camera import Camera, look_at
-    from milo_backend.losses import mesh_depth_loss
-    from milo_backend.mesh import cull_to_frustum, delaunay, marching_tetrahedra, pivots, rasterize_mesh
 
     g = torch.Generator().manual_seed(0)
     n = n_pivots // 9
@@ -89,7 +89,25 @@ def _step_case(n_pivots: int, device: str, raster: str, repeats: int = 3) -> dic
     means, log_scales, quats = (t.to(device).requires_grad_() for t in (means, log_scales, quats))
     idx = torch.arange(n, device=device)
     cam = Camera("bench", IMAGE, IMAGE, 700.0, 700.0, IMAGE / 2, IMAGE / 2, look_at((0.4, -3.0, 0.8), (0, 0, 0)))
+    return means, log_scales, quats, idx, cam
 
+
+def step_mesh(n_pivots: int):
+    """The step scene's mesh (no gradients) and camera: (verts, faces in view, camera)."""
+    from milo_backend.mesh import cull_to_frustum, delaunay, marching_tetrahedra, pivots
+
+    means, log_scales, quats, idx, cam = step_scene(n_pivots)
+    with torch.no_grad():
+        piv, radii = pivots(means, log_scales.exp(), quats, idx)
+        mesh = marching_tetrahedra(piv, piv.norm(dim=1) - 1.0, delaunay(piv), radii)
+        return mesh.verts, cull_to_frustum(mesh.verts, mesh.faces, cam), cam
+
+
+def _step_case(n_pivots: int, device: str, raster: str, repeats: int = 3) -> dict:
+    from milo_backend.losses import mesh_depth_loss
+    from milo_backend.mesh import cull_to_frustum, delaunay, marching_tetrahedra, pivots, rasterize_mesh
+
+    means, log_scales, quats, idx, cam = step_scene(n_pivots, device)
     with torch.no_grad():
         piv, _ = pivots(means, log_scales.exp(), quats, idx)
     t0 = time.perf_counter()
