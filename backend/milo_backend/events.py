@@ -152,16 +152,21 @@ class Reporter:
         bar = self._bars.get(stage)
         if bar is None:
             self._close_bars()
+            # the remaining time shown is the event's own ETA (the panel shows the same), not tqdm's,
+            # which knows nothing of steps reported out of its update()
             bar = self._bars[stage] = tqdm(total=obj.get("total"), desc=stage, file=self.stream,
-                                           dynamic_ncols=True, leave=True, initial=obj.get("step", 0))
+                                           dynamic_ncols=True, leave=True, initial=obj.get("step", 0),
+                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                                      "[{elapsed}{postfix}]")
             # a bar re-opened after a line of text (preview written, nested stage) keeps counting the
             # stage's elapsed time from its first progress event, not from zero
             bar.start_t = self._progress_since.setdefault(stage, bar.start_t)
         bar.n = obj.get("step", 0)
-        post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in obj.items()
-                if k not in ("event", "v", "time", "stage", "step", "total", "eta_s")}
-        if post:
-            bar.set_postfix(post, refresh=False)
+        eta = obj.get("eta_s")
+        post = [f"ETA {tqdm.format_interval(eta) if eta is not None else '?'}"]
+        post += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in obj.items()
+                 if k not in ("event", "v", "time", "stage", "step", "total", "eta_s")]
+        bar.set_postfix_str(", " + ", ".join(post), refresh=False)
         bar.refresh()
 
     def _close_bars(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -432,3 +433,20 @@ def test_the_config_round_trips_through_its_file(tmp_path):
     with pytest.raises(MiloError) as err:
         read_run_config(path)
     assert str(path) in err.value.message
+
+
+def test_console_bar_shows_the_events_eta_from_the_first_steps():
+    import io
+
+    from milo_backend.events import Reporter
+
+    stream = io.StringIO()
+    rep = Reporter(stream=stream)
+    rep.progress("train", 1, 100, loss=0.5)
+    time.sleep(0.2)
+    rep.progress("train", 3, 100, loss=0.4)  # 0.1 s per step: about 10 s left
+    rep.close()
+    last = stream.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "3/100" in last and "loss=0.4" in last
+    eta = re.search(r"ETA (\d+):(\d+)", last)
+    assert eta and 5 <= int(eta.group(1)) * 60 + int(eta.group(2)) <= 60, last
