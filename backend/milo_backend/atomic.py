@@ -90,3 +90,14 @@ def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
     return Path(path)
+
+
+def merge_json(path: str | Path, updates: dict) -> Path:
+    """Write `updates` into the JSON object at `path`, keeping its other keys (two commands share
+    one file: `eval OUT` and `eval OUT --gt MESH` both write mesh_eval.json). An unreadable file is
+    replaced."""
+    try:
+        current = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = {}
+    return write_json(path, {**(current if isinstance(current, dict) else {}), **updates})

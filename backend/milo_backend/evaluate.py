@@ -124,6 +124,12 @@ def evaluate_run(run: str | Path, reporter: Reporter, device: str = "auto") -> d
     metrics = {"views": len(per_view),
                "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
                "ssim": sum(v["ssim"] for v in per_view) / len(per_view), "per_view": per_view}
+    if folder.mesh.is_file():  # the mesh's own evidence: held-out points, mesh-only views, roughness
+        from milo_backend.mesh_quality import evaluate_mesh_quality
+        extent = float(json.loads(folder.cameras.read_text(encoding="utf-8"))["extent"])
+        mesh = evaluate_mesh_quality(run, cameras, extent, metrics["psnr"],
+                                     lambda c: training_image(images, c, bg).cpu(), reporter)
+        metrics["mesh"] = {k: v for k, v in mesh.items() if k != "pictures"}
     write_json(folder.eval, metrics)
     reporter.artifact("eval", folder.eval)
     return metrics

@@ -166,7 +166,7 @@ class Reporter:
         post = [f"ETA {tqdm.format_interval(eta) if eta is not None else '?'}"]
         post += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in obj.items()
                  if k not in ("event", "v", "time", "stage", "step", "total", "eta_s")]
-        bar.set_postfix_str(", " + ", ".join(post), refresh=False)
+        bar.set_postfix_str(", ".join(post), refresh=False)  # tqdm puts ", " in front
         bar.refresh()
 
     def _close_bars(self) -> None:

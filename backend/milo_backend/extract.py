@@ -26,7 +26,6 @@ from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
 from milo_backend.gaussians.model import GaussianModel
-from milo_backend.mesh import cull_to_frustum, rasterize_mesh
 from milo_backend.mesh_io import write_mesh_ply
 from milo_backend.mesh_phase import MeshPhase, project_points, surface_along_rays
 from milo_backend.previews import save_panel, to_uint8
@@ -265,18 +264,15 @@ def mesh_previews(folder: Path, mesh: ColouredMesh, cameras: Sequence[Camera],
     """photo | mesh shaded (headlight) | mesh with its vertex colours, for `n` spread-out views."""
     if len(mesh.faces) == 0 or not cameras:
         return []
-    verts = torch.from_numpy(mesh.verts)
-    faces = torch.from_numpy(mesh.faces)
+    from milo_backend.mesh_quality import render_mesh_colors
+
+    verts = torch.from_numpy(mesh.verts).float()
+    faces = torch.from_numpy(mesh.faces).long()
     vert_rgb = torch.from_numpy(mesh.colors).float().div(255)
     paths = []
     for k in sorted({round(i * len(cameras) / n) for i in range(n)}):
         cam = cameras[k]
-        visible = cull_to_frustum(verts, faces, cam)  # face ids below index this list, not `faces`
-        with torch.no_grad():
-            r = rasterize_mesh(verts, visible, cam, backend="torch")
-        covered = (r.face_ids >= 0)[..., None]
-        shade = (0.15 + 0.85 * (-r.normals[..., 2:3]).clamp_min(0)) * covered
-        coloured = vert_rgb[visible].mean(dim=1)[r.face_ids.clamp_min(0)] * covered
+        coloured, shade, _ = render_mesh_colors(verts, faces, vert_rgb, cam)
         tiles = [to_uint8(image_fn(cam)), to_uint8(shade.expand(-1, -1, 3)), to_uint8(coloured)]
         paths.append(save_panel(folder / f"mesh_{Path(cam.name).stem}.png", tiles))
     return paths

@@ -63,6 +63,18 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return verts, faces
 
 
+def read_vertex_colors(path: str | Path) -> np.ndarray | None:
+    """(V,3) uint8 vertex colours of a PLY mesh (`mesh.ply`), None when it has none."""
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
+        raise MiloError(f"{path} is not a readable PLY mesh ({type(exc).__name__}: {exc})", hint=_HINT,
+                        path=Path(path)) from exc
+    if not {"red", "green", "blue"} <= set(vertex.data.dtype.names):
+        return None
+    return np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.uint8)
+
+
 def _read_ply(path: Path) -> tuple[np.ndarray, list | np.ndarray]:
     try:  # all triangles: one (F,3) array instead of a Python list per face
         ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3, "vertex_index": 3}})

@@ -241,7 +241,7 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
     written to OUT/mesh_eval.json when OUT is a run folder."""
     from pathlib import Path
 
-    from milo_backend.atomic import write_json
+    from milo_backend.atomic import merge_json
     from milo_backend.errors import MiloError
     from milo_backend.mesh_io import read_mesh
     from milo_backend.run_folder import RunFolder
@@ -265,7 +265,7 @@ def evaluate_mesh(source, gt, threshold: float = DEFAULT_THRESHOLD, n_samples: i
     metrics = {"mesh": str(mesh_path.resolve()), "gt": str(Path(gt).resolve()),
                **mesh_metrics(pred_v, pred_f, gt_v, gt_f, threshold=threshold, n_samples=n_samples, crop=crop)}
     if source.is_dir():
-        write_json(RunFolder(source).mesh_eval, metrics)
+        merge_json(RunFolder(source).mesh_eval, metrics)  # keeps `eval OUT`'s "without_ground_truth"
         if reporter is not None:
             reporter.artifact("mesh_eval", RunFolder(source).mesh_eval)
     return metrics

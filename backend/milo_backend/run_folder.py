@@ -55,6 +55,8 @@ class RunFolder:
     @property
     def triangulation(self) -> Path: return self.path / "triangulation"
     @property
+    def scored_points(self) -> Path: return self.path / "scored_points.npz"  # held out of the init
+    @property
     def lock(self) -> Path: return self.path / LOCK_NAME
 
     def preview(self, iteration: int) -> Path:

@@ -97,14 +97,20 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
     the known poses. With fewer than MIN_TRIANGULATED_POINTS of them (synthetic or textureless scenes),
     random points inside the region the cameras see, between the depths the few points found (if any),
     plus those points."""
-    points, colors = dataset.points, dataset.point_colors
-    if points is None and dataset.kind == "transforms":
+    sparse = dataset.sparse
+    if sparse is None and dataset.kind == "transforms":
         reporter.stage("triangulate", "Triangulating points with the known camera poses")
-        points, colors = triangulate_known_poses(dataset, out, reporter, min_points=1) or (None, None)
-    if points is not None and len(points) >= MIN_TRIANGULATED_POINTS:
-        reporter.log(f"initialising {len(points)} Gaussians from the sparse point cloud")
-        return init_from_points(torch.as_tensor(points, dtype=torch.float32).to(device),
-                                torch.as_tensor(colors, dtype=torch.float32).to(device))
+        sparse = triangulate_known_poses(dataset, out, reporter, min_points=1)
+    if sparse is not None and len(sparse) >= MIN_TRIANGULATED_POINTS:
+        sparse, scored = sparse.split_scored()
+        if len(scored):  # never seen by the Gaussians: `eval` measures the mesh against them
+            scored.save(RunFolder(out).scored_points)
+            reporter.log(f"{len(scored)} well-measured points held out of the initialisation to score the mesh")
+        reporter.log(f"initialising {len(sparse)} Gaussians from the sparse point cloud")
+        return init_from_points(torch.as_tensor(sparse.xyz, dtype=torch.float32).to(device),
+                                torch.as_tensor(sparse.colors, dtype=torch.float32).to(device))
+    points = None if sparse is None else sparse.xyz
+    colors = None if sparse is None else sparse.colors
     cams = dataset.train_cameras
     found = 0 if points is None else len(points)
     depth_range = sparse_depth_range(points, cams) if found else None

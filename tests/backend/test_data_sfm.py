@@ -224,7 +224,8 @@ def test_triangulation_from_known_poses_lies_on_the_scene(scene, tmp_path):
     rep = NullReporter()
     result = triangulate_known_poses(ds, tmp_path / "work", rep, SfmOptions(max_image_size=640), min_points=300)
     assert result is not None, rep.events
-    points, colors = result
+    points, colors = result.xyz, result.colors
+    assert (result.track >= 2).all() and np.isfinite(result.error).all()
     assert len(points) >= 300 and colors.shape == points.shape and 0 <= colors.min() and colors.max() <= 1
     assert np.median(on_surface_distance(points)) < 0.01  # 1 cm in a 10 m room
     assert np.mean(on_surface_distance(points) < 0.05) > 0.95

@@ -96,6 +96,15 @@ def test_eval_and_render_commands(trained, tmp_path, cli):
     assert metrics["views"] == 2 and 5 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
     assert [v["name"] for v in metrics["per_view"]] == ["images/0008.png", "images/0016.png"]
     assert json.loads((out / "eval.json").read_text())["psnr"] == pytest.approx(metrics["psnr"])
+    # the mesh's own evidence: no sparse points in this scene (random start), so accuracy says so
+    mesh = metrics["mesh"]
+    assert "unavailable" in mesh["sparse_point_accuracy"]
+    assert mesh["mesh_views"]["views"] == 2 and 5 < mesh["mesh_views"]["psnr"] < 60
+    assert mesh["mesh_views"]["gaussians_psnr"] == pytest.approx(metrics["psnr"])
+    assert 0 <= mesh["roughness"]["median_deg"] <= mesh["roughness"]["p90_deg"] <= 180
+    assert json.loads((out / "mesh_eval.json").read_text())["without_ground_truth"]["roughness"] == mesh["roughness"]
+    assert sorted(p.name for p in (out / "previews").glob("eval_mesh_*.png")) == ["eval_mesh_0008.png",
+                                                                                 "eval_mesh_0016.png"]
 
     code, events, err = cli.run("render", out / "gaussians.ply", "--cameras", out / "cameras.json",
                                 "--out", tmp_path / "rendus", "--device", "cpu")

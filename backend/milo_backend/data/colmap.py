@@ -14,6 +14,7 @@ import pycolmap
 from milo_backend.data.camera import Camera
 from milo_backend.data.images import natural_key
 from milo_backend.data.undistort import camera_from_pinhole, has_distortion, pinhole_for, undistort_views
+from milo_backend.data.points import SparsePoints
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
 
@@ -23,8 +24,7 @@ MODEL_FILES = ("cameras", "images", "points3D")
 @dataclass
 class ColmapScene:
     cameras: list[Camera]            # undistorted pinhole, sorted by image name
-    points: np.ndarray               # (P,3) float64 world positions
-    point_colors: np.ndarray         # (P,3) float32 in [0,1]
+    sparse: SparsePoints             # the model's points, with track lengths and errors
     mean_reprojection_error: float   # pixels, as stored in the model
 
 
@@ -106,13 +106,12 @@ def read_colmap(root: str | Path, workdir: str | Path, reporter: Reporter | None
     cameras = [next(undistorted) if has_distortion(c) else camera_from_pinhole(pinhole_for(c), b)
                for b, c in views]
 
-    ids = sorted(rec.point3D_ids())
-    points = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64).reshape(-1, 3)
-    colors = np.array([rec.points3D[i].color for i in ids], dtype=np.float32).reshape(-1, 3) / 255.0
-    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    sparse = SparsePoints.from_reconstruction(rec)
+    bad = np.flatnonzero(~np.isfinite(sparse.xyz).all(axis=1))
     if len(bad):
-        raise MiloError(f"{model_dir}: {len(bad)} of the {len(points)} points in points3D have non-finite "
-                        f"coordinates (point id {ids[bad[0]]}: {points[bad[0]].tolist()})",
+        ids = sorted(rec.point3D_ids())
+        raise MiloError(f"{model_dir}: {len(bad)} of the {len(sparse)} points in points3D have non-finite "
+                        f"coordinates (point id {ids[bad[0]]}: {sparse.xyz[bad[0]].tolist()})",
                         hint="the model is damaged: re-run structure from motion (or re-export the model)",
                         path=model_dir)
-    return ColmapScene(cameras, points, colors, float(rec.compute_mean_reprojection_error()))
+    return ColmapScene(cameras, sparse, float(rec.compute_mean_reprojection_error()))

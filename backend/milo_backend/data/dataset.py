@@ -16,7 +16,8 @@ import numpy as np
 
 from milo_backend.data.camera import Camera, check_cameras
 from milo_backend.data.colmap import is_colmap_dataset, read_colmap
-from milo_backend.data.images import fit_size, is_image_file, list_images
+from milo_backend.data.points import SparsePoints
+from milo_backend.data.images import fit_size, is_image_file
 from milo_backend.data.poses import compare_poses
 from milo_backend.data.sfm import SfmOptions, run_sfm
 from milo_backend.data.transforms import is_transforms_dataset, read_transforms
@@ -34,8 +35,15 @@ class Dataset:
     root: Path
     kind: str                                  # "colmap" | "transforms" | "photos"
     cameras: list[Camera] = field(default_factory=list)
-    points: np.ndarray | None = None           # (P,3) sparse points, None = none available
-    point_colors: np.ndarray | None = None     # (P,3) in [0,1]
+    sparse: SparsePoints | None = None         # sparse points, None = none available
+
+    @property
+    def points(self) -> np.ndarray | None:
+        return None if self.sparse is None else self.sparse.xyz
+
+    @property
+    def point_colors(self) -> np.ndarray | None:
+        return None if self.sparse is None else self.sparse.colors
 
     @property
     def train_cameras(self) -> list[Camera]:
@@ -117,24 +125,24 @@ def load_dataset(path: str | Path, workdir: str | Path, reporter: Reporter | Non
     reporter = reporter or NullReporter()
     root, workdir = Path(path).expanduser(), Path(workdir)
     kind = detect_kind(root)
-    points = colors = None
+    sparse = None
     if kind == "colmap":
         scene = read_colmap(root, workdir, reporter)
-        cameras, points, colors = scene.cameras, scene.points, scene.point_colors
+        cameras, sparse = scene.cameras, scene.sparse
     elif kind == "transforms":
         cameras = _load_transforms(root, workdir, reporter)
         root = root.parent if root.is_file() else root
     else:
         sfm_dir = run_sfm(photos_folder(root), workdir / "sfm", reporter, sfm_options)
         scene = read_colmap(sfm_dir, workdir, reporter)
-        cameras, points, colors = scene.cameras, scene.points, scene.point_colors
+        cameras, sparse = scene.cameras, scene.sparse
     if not cameras:
         raise MiloError(f"No usable cameras in {root}", path=root)
     check_cameras(cameras, root)
-    if points is not None and len(points) == 0:
-        points = colors = None
+    if sparse is not None and len(sparse) == 0:
+        sparse = None
     cameras = limit_size(assign_eval_split(cameras, eval_split), max_size)
     if not any(c.split == "train" for c in cameras):
         raise MiloError(f"All {len(cameras)} cameras of {root} are marked as test views", path=root,
                         hint="Mark some frames \"split\": \"train\".")
-    return Dataset(root=root, kind=kind, cameras=cameras, points=points, point_colors=colors)
+    return Dataset(root=root, kind=kind, cameras=cameras, sparse=sparse)

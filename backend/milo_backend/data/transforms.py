@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from milo_backend.atomic import atomic_path, write_json
+from milo_backend.atomic import write_json
 from milo_backend.data.camera import Camera
 from milo_backend.data.features import (SfmOptions, colmap_log_level, extract_features, link_or_copy,
                                         match_pairs, pose_neighbour_pairs, staged_name)
+from milo_backend.data.points import SparsePoints
 from milo_backend.data.images import IMAGE_EXTENSIONS, image_size, natural_key
 from milo_backend.data.undistort import colmap_camera
 from milo_backend.errors import MiloError
@@ -193,10 +194,10 @@ def read_transforms(root: str | Path, reporter: Reporter | None = None) -> list[
 
 def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | None = None,
                             options: SfmOptions | None = None,
-                            min_points: int = MIN_TRIANGULATED_POINTS) -> tuple[np.ndarray, np.ndarray] | None:
+                            min_points: int = MIN_TRIANGULATED_POINTS) -> SparsePoints | None:
     """An SfM-like point cloud for a dataset with known poses (NeRF inputs): SIFT features of the training
     images, matches between cameras that look at the same part of the scene, triangulation with the poses
-    held fixed. Returns (points (P,3), colours (P,3) in [0,1]), or None when fewer than `min_points` come
+    held fixed. Returns the points (with colours, track lengths and errors), or None when fewer than `min_points` come
     out (the caller then starts from random points, `train.initial_model`).
     The result is cached in workdir/triangulation (same cameras and options: not redone)."""
     reporter = reporter or NullReporter()
@@ -206,29 +207,26 @@ def triangulate_known_poses(dataset, workdir: str | Path, reporter: Reporter | N
     work = RunFolder(workdir).triangulation
     signature = {"cameras": [[c.name, c.width, c.height, c.fx, c.fy, c.cx, c.cy,
                               np.round(c.world_to_cam, 9).tolist()] for c in cameras], "options": options.to_json()}
-    cache, cache_info = work / "points.npz", work / "points.json"
+    cache, cache_info = work / "sparse_points.npz", work / "points.json"
     try:
         cached = json.loads(cache_info.read_text(encoding="utf-8")) == signature and cache.exists()
     except (OSError, ValueError):
         cached = False
     if cached:
-        with np.load(cache) as data:
-            points, colors = data["points"], data["colors"]
-        reporter.log(f"Reusing {len(points)} points triangulated earlier")
+        sparse = SparsePoints.load(cache)
+        reporter.log(f"Reusing {len(sparse)} points triangulated earlier")
     else:
         shutil.rmtree(work, ignore_errors=True)
-        points, colors = _triangulate(cameras, work, reporter, options)
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, points=points, colors=colors)
+        sparse = _triangulate(cameras, work, reporter, options)
+        sparse.save(cache)
         write_json(cache_info, signature)
-    if len(points) < min_points:
+    if len(sparse) < min_points:
         return None
-    return points, colors
+    return sparse
 
 
 def _triangulate(cameras: list[Camera], work: Path, reporter: Reporter,
-                 options: SfmOptions) -> tuple[np.ndarray, np.ndarray]:
+                 options: SfmOptions) -> SparsePoints:
     staged, db_path, model_dir = work / "images", work / "database.db", work / "model"
     staged.mkdir(parents=True)
     model_dir.mkdir()
@@ -268,9 +266,7 @@ def _triangulate(cameras: list[Camera], work: Path, reporter: Reporter,
         reporter.progress("triangulate", 2 * len(cameras), 2 * len(cameras))
     shutil.rmtree(staged, ignore_errors=True)
     db_path.unlink(missing_ok=True)
-    ids = result.point3D_ids()
-    points = np.array([result.points3D[i].xyz for i in ids], dtype=np.float64).reshape(-1, 3)
-    colors = np.array([result.points3D[i].color for i in ids], dtype=np.float32).reshape(-1, 3) / 255.0
-    reporter.log(f"Triangulated {len(points)} points from known poses "
+    sparse = SparsePoints.from_reconstruction(result)
+    reporter.log(f"Triangulated {len(sparse)} points from known poses "
                  f"(mean reprojection error {result.compute_mean_reprojection_error():.2f} px)")
-    return points, colors
+    return sparse
