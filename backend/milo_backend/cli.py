@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fragments", action="store_true",
                    help="keep the mesh's small disconnected pieces (by default pieces with < 1%% of the faces, "
                         "mostly floaters, are dropped)")
+    p.add_argument("--tsdf", type=POSITIVE_INT, nargs="?", const=192, default=None, metavar="VOXELS",
+                   help="the TSDF-fusion baseline instead (the Gaussians' depth maps fused on a grid of VOXELS "
+                        "across, default 192): OUT/mesh_tsdf.ply")
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
     _add_common(p)
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
             reporter.attach_log(RunFolder(args.run).log)
         outputs = extract_run(args.run, reporter, device=args.device, iterations=args.iterations,
                               remove_unseen=args.remove_unseen, renderer=args.renderer,
-                              keep_fragments=args.keep_fragments)
+                              keep_fragments=args.keep_fragments, tsdf=args.tsdf)
         reporter.done(**outputs)
     elif cmd == "eval":
         import json

@@ -27,7 +27,7 @@ from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.mesh_io import write_mesh_ply
-from milo_backend.mesh_phase import MeshPhase, project_points, surface_along_rays
+from milo_backend.mesh_phase import FUSION_TAU, MeshPhase, project_points, surface_along_rays
 from milo_backend.previews import save_panel, to_uint8
 from milo_backend.render import render
 from milo_backend.run_folder import RunFolder
@@ -99,17 +99,51 @@ def extract_mesh(phase: MeshPhase, image_fn: Callable[[Camera], torch.Tensor], *
         reporter.warning("the extracted mesh is empty: every pivot is on the same side of the surface",
                          hint="check that the cameras look at the object; training longer may help")
         return ColouredMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
+    return finish_mesh(verts, faces, phase.cameras, image_fn, phase.tau, remove_unseen=remove_unseen,
+                       keep_fragments=keep_fragments, backend=phase.raster_backend, reporter=reporter)
+
+
+def finish_mesh(verts: torch.Tensor, faces: torch.Tensor, cameras: Sequence[Camera],
+                image_fn: Callable[[Camera], torch.Tensor], tau: float, *, remove_unseen: bool = False,
+                keep_fragments: bool = False, backend: str = "auto", reporter: Reporter | None = None) -> ColouredMesh:
+    """Any extracted surface (MILo's or the TSDF baseline's) to the output: small pieces dropped,
+    optionally unseen vertices too, vertex colours from the photos."""
+    reporter = reporter or NullReporter()
     if not keep_fragments:
         verts, faces, dropped = drop_fragments(verts, faces, FRAGMENT_FRACTION)
         reporter.log(f"removed {dropped} small disconnected pieces (under {FRAGMENT_FRACTION:.0%} of the faces each)")
     if remove_unseen:
-        keep = seen_by_any_camera(verts, phase.cameras)
+        keep = seen_by_any_camera(verts, cameras)
         verts, faces = keep_vertices(verts, faces, keep)
         reporter.log(f"removed {int((~keep).sum())} vertices that no camera sees")
-    colors = vertex_colors(verts, faces, phase.cameras, image_fn, tau=phase.tau,
-                           backend=phase.raster_backend, reporter=reporter)
+    colors = vertex_colors(verts, faces, cameras, image_fn, tau=tau, backend=backend, reporter=reporter)
     return ColouredMesh(verts.cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.int64),
                         to_uint8(colors))
+
+
+def tsdf_baseline(model: GaussianModel, cameras: Sequence[Camera], image_fn: Callable[[Camera], torch.Tensor],
+                  resolution: int, renderer: str = "auto", reporter: Reporter | None = None) -> ColouredMesh:
+    """The TSDF-fusion baseline (`mesh/tsdf.py`) on the Gaussians' median depths of the training views,
+    over the box holding 98% of the Gaussian centres per axis (grown by 5%), coloured like MILo's mesh."""
+    from milo_backend.mesh.tsdf import tsdf_mesh
+
+    reporter = reporter or NullReporter()
+    means = model.params["means"].detach().double().cpu()
+    lo, hi = torch.quantile(means, 0.01, dim=0), torch.quantile(means, 0.99, dim=0)
+    lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+    background = torch.zeros(3, device=means.device)
+
+    def depth(cam):
+        with torch.no_grad():
+            return render(model.splats(), cam, sh_degree=0, background=background.to(model.device),
+                          backend=renderer).depth_median
+    reporter.stage("tsdf", f"TSDF fusion of {len(cameras)} depth maps ({resolution} voxels across)")
+    verts, faces = tsdf_mesh(cameras, depth, lo, hi, resolution,
+                             progress=lambda i, n: reporter.progress("tsdf", i, n))
+    if len(faces) == 0:
+        raise MiloError("the TSDF fusion found no surface", hint="check that the run's Gaussians render depth")
+    return finish_mesh(verts.float(), faces, cameras, image_fn, tau=FUSION_TAU * camera_extent(list(cameras)),
+                       backend="torch", reporter=reporter)
 
 
 @torch.no_grad()
@@ -296,18 +330,20 @@ def final_mesh(phase: MeshPhase, out: Path, image_fn: Callable[[Camera], torch.T
 
 # -- the `extract` command ----------------------------------------------------------------------------
 def extract_run(run: str | Path, reporter: Reporter, device: str = "auto", iterations: int | None = None,
-                remove_unseen: bool = False, renderer: str = "auto", keep_fragments: bool = False) -> dict:
-    """Extract the final mesh of a finished training run folder; returns the output paths."""
+                remove_unseen: bool = False, renderer: str = "auto", keep_fragments: bool = False,
+                tsdf: int | None = None) -> dict:
+    """Extract the final mesh of a finished training run folder; returns the output paths. With `tsdf`
+    (voxels across), the TSDF-fusion baseline instead, into mesh_tsdf.ply."""
     from milo_backend.run_folder import locked_run_folder
 
     if not Path(run).is_dir():
         raise MiloError(f"no training run at {run}", hint="pass the output folder of train", path=run)
     with locked_run_folder(run):
-        return _extract_run(Path(run), reporter, device, iterations, remove_unseen, renderer, keep_fragments)
+        return _extract_run(Path(run), reporter, device, iterations, remove_unseen, renderer, keep_fragments, tsdf)
 
 
 def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | None, remove_unseen: bool,
-                 renderer: str, keep_fragments: bool) -> dict:
+                 renderer: str, keep_fragments: bool, tsdf: int | None = None) -> dict:
     from milo_backend.checkpoint import checkpoint_mesh_state, checkpoint_model, latest_checkpoint, load_checkpoint
     from milo_backend.data.images import ImageCache, training_image
     from milo_backend.device import select_device
@@ -331,6 +367,11 @@ def _extract_run(run: Path, reporter: Reporter, device: str, iterations: int | N
     sched = cfg.schedule
     background = torch.full((3,), 1.0 if cfg.white_background else 0.0, device=dev)
     images = ImageCache()
+    if tsdf:
+        mesh = tsdf_baseline(model, cameras, lambda c: training_image(images, c, background), tsdf, renderer, reporter)
+        ply = write_mesh_ply(folder.mesh_tsdf, mesh.verts, mesh.faces, mesh.colors)
+        reporter.artifact("mesh_tsdf", ply)
+        return {"mesh_tsdf": str(ply.resolve()), **mesh_stats(len(mesh.verts), mesh.faces)}
     phase = make_phase(model, cameras, dev, cfg, sched, reporter, renderer)
     if state is not None and state.get("started_at") is not None:
         phase.load_state_dict(state)

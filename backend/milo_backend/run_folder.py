@@ -68,6 +68,8 @@ class RunFolder:
     @property
     def mesh_stats(self) -> Path: return self.path / "mesh_stats.json"
     @property
+    def mesh_tsdf(self) -> Path: return self.path / "mesh_tsdf.ply"  # the TSDF-fusion baseline
+    @property
     def mesh_eval(self) -> Path: return self.path / "mesh_eval.json"
     @property
     def eval(self) -> Path: return self.path / "eval.json"

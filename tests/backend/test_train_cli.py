@@ -459,3 +459,16 @@ def test_console_bar_shows_the_events_eta_from_the_first_steps():
     assert "3/100" in last and "loss=0.4" in last
     eta = re.search(r"ETA (\d+):(\d+)", last)
     assert eta and 5 <= int(eta.group(1)) * 60 + int(eta.group(2)) <= 60, last
+
+
+def test_extract_tsdf_baseline_writes_its_own_mesh(trained, cli):
+    out, _ = trained
+    before = (out / "mesh.ply").read_bytes() if (out / "mesh.ply").exists() else None
+    code, events, err = cli.run("extract", out, "--tsdf", 32, "--device", "cpu")
+    assert code == 0, err
+    outputs = events[-1]["outputs"]
+    assert Path(outputs["mesh_tsdf"]) == (out / "mesh_tsdf.ply").resolve() and outputs["faces"] > 100
+    from milo_backend.mesh_io import read_mesh, read_vertex_colors
+    verts, faces = read_mesh(out / "mesh_tsdf.ply")
+    assert len(faces) == outputs["faces"] and read_vertex_colors(out / "mesh_tsdf.ply").shape == (len(verts), 3)
+    assert ((out / "mesh.ply").read_bytes() if before is not None else None) == before  # MILo's mesh untouched
