@@ -27,6 +27,7 @@ from milo_backend.mesh_metrics import OUTLIER_FACTOR, evaluate_mesh
 from milo_backend.train import train
 
 THRESHOLD = 0.01  # F-score threshold, of the ground truth's bbox diagonal
+TSDF_VOXELS = 192  # the baseline's grid: voxels across the box of the Gaussians
 
 BUNNY = shared_data("meshes", "bunny.obj")
 FOX = shared_data("fox")
@@ -70,6 +71,25 @@ def run_ablation_row(scene: Path, out: Path, label: str, cfg: TrainConfig) -> di
             "held-out PSNR": images["psnr"]}
 
 
+def tsdf_row(scene: Path, run: Path, label: str, device: str, voxels: int = TSDF_VOXELS) -> dict:
+    """The TSDF-fusion baseline on a trained run's Gaussians, scored like the runs."""
+    from milo_backend.extract import extract_run
+
+    wall = time.perf_counter()
+    out = extract_run(run, NullReporter(), device=device, tsdf=voxels)
+    wall = time.perf_counter() - wall
+    mesh = evaluate_mesh(Path(out["mesh_tsdf"]), scene / "ground_truth.obj", threshold=THRESHOLD)
+    return {"run": label, "iterations": "-", "train+extract s": f"+{wall:.1f}", "of which extract s": wall,
+            "CPU s": "-", "Gaussians": "(same)", "mesh vertices (in GT box)":
+            f"{mesh['vertices']:,} ({mesh['vertices_in_box']:,})", "F-score @1%": mesh["fscore"],
+            "precision": mesh["precision"], "recall": mesh["recall"], "Chamfer %": 100 * mesh["chamfer"],
+            "accuracy %": 100 * mesh["accuracy"], "completeness %": 100 * mesh["completeness"],
+            "offset %": 100 * mesh["offset"], "Chamfer without outliers %": 100 * mesh["chamfer_inliers"],
+            "outliers (floaters / holes) %":
+                f"{100 * mesh['outliers_prediction']:.1f} / {100 * mesh['outliers_gt']:.1f}",
+            "held-out PSNR": "(same)", "picture": "-"}
+
+
 def stage_seconds(events: list[dict]) -> dict[str, float]:
     """Seconds spent in each stage of a run, in order of first appearance: from each stage event to the
     next one (the last stage runs to the last event); sub-stages (`sfm:features`) count for their
@@ -100,6 +120,9 @@ def bench_mesh_loop(device: str = "cpu", iterations: int = 1500, size: int = 160
             rows.append(run_ablation_row(scene, run, label, cfg))
             shown = pictures is not None and copy_mesh_preview(run, pictures / f"bunny_{run.name}.png")
             rows[-1]["picture"] = f"[preview](benchmarks/bunny_{run.name}.png)" if shown else "-"
+        for label, name in (("TSDF fusion of the in-loop run's Gaussians", "loop"),
+                            ("TSDF fusion of the post-hoc run's Gaussians", "posthoc")):
+            rows.append(tsdf_row(scene, work / name, label, device))
     finally:
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -109,6 +132,8 @@ def bench_mesh_loop(device: str = "cpu", iterations: int = 1500, size: int = 160
     md += (f"Bunny ({BUNNY.name}, 4,968 faces) normalised to the unit ball, procedural texture, {views} views "
            f"of {size}x{size} px in front of a textured dome, every 8th held out ({views - views // 8} training "
            f"views); preset verylowres; both rows use the same schedule and seed and the same final extraction. "
+           f"The TSDF rows fuse the Gaussians' median depth maps of the training views on a {TSDF_VOXELS}-voxel "
+           f"grid (`extract --tsdf`, the baseline of 2DGS and GOF) from the Gaussians of the run named. "
            f"Mesh metrics against the ground truth in % of its bbox diagonal, F-score at 1%, prediction cropped "
            f"to the ground-truth box (+1%); offset: median signed distance of the prediction to the ground truth "
            f"(< 0: inside); outliers: samples further than {100 * OUTLIER_FACTOR * THRESHOLD:g}% from the other "
