@@ -83,8 +83,11 @@ def download(spec: str, dest: Path) -> Path:
 def backend_wheel(dest: Path) -> Path:
     for old in dest.glob("milo_backend-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(dest), str(ROOT / "backend")], check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps",
+                        "--no-build-isolation", "-w", str(dest), str(ROOT / "backend")], check=True)
+    finally:  # setuptools leaves its build folder in the source tree
+        shutil.rmtree(ROOT / "backend" / "build", ignore_errors=True)
     return next(dest.glob("milo_backend-*.whl"))
 
 
