@@ -92,3 +92,15 @@ def test_eval_and_eval_gt_share_mesh_eval_json(tmp_path):
     merge_json(path, {"fscore": 0.95})
     assert json.loads(path.read_text()) == {"without_ground_truth": {"roughness": {"median_deg": 3.0}},
                                             "chamfer_pct": 0.4, "fscore": 0.95}
+
+
+def test_point_accuracy_ignores_far_background_faces_and_caps_far_points():
+    verts, faces = grid()
+    # a huge far-away background triangle: subdividing it to 0.2% of the extent would take gigabytes
+    big = np.array([[-1e3, -1e3, 50.0], [1e3, -1e3, 50.0], [0.0, 1e3, 50.0]])
+    verts2 = np.r_[verts, big]
+    faces2 = np.r_[faces, [[len(verts), len(verts) + 1, len(verts) + 2]]]
+    points = np.array([[0.5, 0.5, 0.004], [0.5, 0.5, 0.2]])  # the second is beyond the 5% reach
+    acc = point_accuracy(verts2, faces2, points, extent=1.0)
+    assert acc["beyond_reach"] == 0.5 and acc["within_0.5pct"] == 0.5
+    assert acc["median_pct"] == pytest.approx((0.4 + 5.0) / 2, abs=0.01)
