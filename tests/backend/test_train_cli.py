@@ -205,13 +205,17 @@ def test_when_the_reader_of_the_events_goes_away_training_checkpoints_and_exits(
 
 def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cli):
     out = tmp_path / "run with spaces"
+    # long enough that the run cannot end before the signal arrives: progress is reported every few
+    # steps, and on a fast machine 60 iterations once ended first (exit 0 instead of 130)
+    iterations = "200"
     proc = subprocess.Popen([sys.executable, "-m", "milo_backend", "train", str(tiny_scene), str(out),
-                             "--iterations", "60", "--device", "cpu", "--no-mesh", "--json"],
+                             "--iterations", iterations, "--device", "cpu", "--no-mesh", "--json"],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
-    for line in proc.stdout:  # wait until training is really running
+    for line in proc.stdout:  # wait until training is really running: its first progress event
         lines.append(line)
-        if '"stage": "train", "step": 3' in line:
+        event = cli.parse(line)
+        if event and event[0]["event"] == "progress" and event[0]["stage"] == "train":
             break
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -222,10 +226,12 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(tiny_scene, tmp_path, cl
     assert Path(events[-1]["checkpoint"]).exists()
     stopped_at = max(e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train")
 
-    code, events, err = cli.run("train", tiny_scene, out, "--iterations", 60, "--device", "cpu", "--no-mesh", "--resume")
+    assert stopped_at < int(iterations)
+    code, events, err = cli.run("train", tiny_scene, out, "--iterations", iterations, "--device", "cpu",
+                                "--no-mesh", "--resume")
     assert code == 0, err
     steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train"]
-    assert steps[0] >= stopped_at and steps[-1] == 60
+    assert steps[0] >= stopped_at and steps[-1] == int(iterations)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_scene, tmp_path, monkeypatch):
