@@ -49,7 +49,7 @@ def kernel_report(compile_extensions: bool = False, say=None) -> dict:
     wheels = None if facts.gsplat_built else gpu_kernels.fetch_gsplat_wheels(facts, timeout_s=5.0)
     plans = [gpu_kernels.plan_gsplat(facts, wheels), gpu_kernels.plan_nvdiffrast(facts)]
     if compile_extensions:
-        plans = [gpu_kernels.prepare(p, say or gpu_kernels._stderr) for p in plans]
+        plans = [gpu_kernels.prepare(p, say) if say else gpu_kernels.prepare(p) for p in plans]
     gs, nv = plans
     # a JIT build runs at the first CUDA job (saying so); a prebuilt wheel waits for `setup-gpu`
     ready = {p.library: p.active if p.source in ("built", "jit build") else "torch" for p in plans}

@@ -129,8 +129,7 @@ def plan_gsplat(facts: KernelFacts, prebuilt_wheels: list[str] | None = None) ->
     if plan:
         return plan
     if not facts.gsplat_installed:
-        return KernelPlan(lib, comp, "none", "torch", "gsplat is not installed: the torch renderer runs on CUDA",
-                          install=[])
+        return KernelPlan(lib, comp, "none", "torch", "gsplat is not installed: the torch renderer runs on CUDA")
     if facts.gsplat_built:
         return KernelPlan(lib, comp, "built", lib, "gsplat's CUDA kernels are built and load")
     if prebuilt_wheels:
@@ -229,13 +228,13 @@ def gather_facts() -> KernelFacts:
     import torch
 
     plugin = _nvdiffrast_plugin_name()
+    gsplat = importlib.util.find_spec("gsplat") is not None
     return KernelFacts(
         cuda=torch.cuda.is_available(), torch_version=torch.__version__, torch_cuda=torch.version.cuda,
         python_tag=python_tag(), platform_tag=platform_tag(),
         nvcc_version=_nvcc_version(), ninja=shutil.which("ninja") is not None,
-        gsplat_installed=importlib.util.find_spec("gsplat") is not None,
-        gsplat_built=(importlib.util.find_spec("gsplat") is not None
-                      and (importlib.util.find_spec("gsplat.csrc") is not None or _jit_cached(GSPLAT_JIT_NAME))),
+        gsplat_installed=gsplat,
+        gsplat_built=gsplat and (importlib.util.find_spec("gsplat.csrc") is not None or _jit_cached(GSPLAT_JIT_NAME)),
         nvdiffrast_installed=plugin is not None,
         nvdiffrast_built=plugin is not None and _jit_cached(plugin),
     )
@@ -316,7 +315,7 @@ def active(library: str, say: Callable[[str], None] | None = None) -> KernelPlan
     return _ACTIVE[library]
 
 
-def prepare(plan: KernelPlan, say: Callable[[str], None]) -> KernelPlan:
+def prepare(plan: KernelPlan, say: Callable[[str], None] = _stderr) -> KernelPlan:
     """Load (or build, with a heartbeat) the kernels of a plan whose source is "built" or "jit build".
     Returns the plan as it turned out: a failed build falls back to torch and says why."""
     if plan.source not in ("built", "jit build"):

@@ -129,7 +129,8 @@ def render_mesh_colors(verts: torch.Tensor, faces: torch.Tensor, colors: torch.T
         py = torch.div(pix, width, rounding_mode="floor").to(v.dtype) + 0.5
         ray = torch.stack([(px - camera.cx) / camera.fx, (py - camera.cy) / camera.fy, torch.ones_like(px)], 1)
         n = torch.cross(b - a, c - a, dim=1)
-        hit = ray * ((n * a).sum(1) / (n * ray).sum(1).where((n * ray).sum(1) != 0, torch.ones(1)))[:, None]
+        n_ray = (n * ray).sum(1)
+        hit = ray * ((n * a).sum(1) / torch.where(n_ray != 0, n_ray, torch.ones_like(n_ray)))[:, None]
         # barycentric weights of the hit: areas of the sub-triangles opposite each vertex
         wa = (torch.cross(b - hit, c - hit, dim=1) * n).sum(1)
         wb = (torch.cross(c - hit, a - hit, dim=1) * n).sum(1)

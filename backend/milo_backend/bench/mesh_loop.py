@@ -61,14 +61,18 @@ def run_ablation_row(scene: Path, out: Path, label: str, cfg: TrainConfig) -> di
     images = evaluate_run(out, NullReporter(), device=cfg.device)
     final = [e for e in reporter.of("progress") if e["stage"] == "train"][-1]
     return {"run": label, "iterations": cfg.iterations, "train+extract s": wall, "of which extract s": extract_s,
-            "CPU s": cpu, "Gaussians": final["gaussians"], "mesh vertices (in GT box)":
-            f"{mesh['vertices']:,} ({mesh['vertices_in_box']:,})", "F-score @1%": mesh["fscore"],
-            "precision": mesh["precision"], "recall": mesh["recall"], "Chamfer %": 100 * mesh["chamfer"],
-            "accuracy %": 100 * mesh["accuracy"], "completeness %": 100 * mesh["completeness"],
-            "offset %": 100 * mesh["offset"], "Chamfer without outliers %": 100 * mesh["chamfer_inliers"],
+            "CPU s": cpu, "Gaussians": final["gaussians"], **mesh_cells(mesh), "held-out PSNR": images["psnr"]}
+
+
+def mesh_cells(mesh: dict) -> dict:
+    """The table cells of `evaluate_mesh`'s metrics, shared by every row of the ablation."""
+    return {"mesh vertices (in GT box)": f"{mesh['vertices']:,} ({mesh['vertices_in_box']:,})",
+            "F-score @1%": mesh["fscore"], "precision": mesh["precision"], "recall": mesh["recall"],
+            "Chamfer %": 100 * mesh["chamfer"], "accuracy %": 100 * mesh["accuracy"],
+            "completeness %": 100 * mesh["completeness"], "offset %": 100 * mesh["offset"],
+            "Chamfer without outliers %": 100 * mesh["chamfer_inliers"],
             "outliers (floaters / holes) %":
-                f"{100 * mesh['outliers_prediction']:.1f} / {100 * mesh['outliers_gt']:.1f}",
-            "held-out PSNR": images["psnr"]}
+                f"{100 * mesh['outliers_prediction']:.1f} / {100 * mesh['outliers_gt']:.1f}"}
 
 
 def tsdf_row(scene: Path, run: Path, label: str, device: str, voxels: int = TSDF_VOXELS) -> dict:
@@ -80,14 +84,7 @@ def tsdf_row(scene: Path, run: Path, label: str, device: str, voxels: int = TSDF
     wall = time.perf_counter() - wall
     mesh = evaluate_mesh(Path(out["mesh_tsdf"]), scene / "ground_truth.obj", threshold=THRESHOLD)
     return {"run": label, "iterations": "-", "train+extract s": f"+{wall:.1f}", "of which extract s": wall,
-            "CPU s": "-", "Gaussians": "(same)", "mesh vertices (in GT box)":
-            f"{mesh['vertices']:,} ({mesh['vertices_in_box']:,})", "F-score @1%": mesh["fscore"],
-            "precision": mesh["precision"], "recall": mesh["recall"], "Chamfer %": 100 * mesh["chamfer"],
-            "accuracy %": 100 * mesh["accuracy"], "completeness %": 100 * mesh["completeness"],
-            "offset %": 100 * mesh["offset"], "Chamfer without outliers %": 100 * mesh["chamfer_inliers"],
-            "outliers (floaters / holes) %":
-                f"{100 * mesh['outliers_prediction']:.1f} / {100 * mesh['outliers_gt']:.1f}",
-            "held-out PSNR": "(same)", "picture": "-"}
+            "CPU s": "-", "Gaussians": "(same)", **mesh_cells(mesh), "held-out PSNR": "(same)", "picture": "-"}
 
 
 def stage_seconds(events: list[dict]) -> dict[str, float]:
