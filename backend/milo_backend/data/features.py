@@ -83,17 +83,29 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 # -- database and extraction --------------------------------------------------------------------
-def extraction_options(options: SfmOptions) -> pycolmap.FeatureExtractionOptions:
+# Photos whose longest side (after the `max_image_size` cap) is below this are "small": structure from
+# motion also tries SIFT on 4x upsampled photos (`upsample`), see `sfm.run_sfm`.
+SMALL_PHOTO_PX = 320
+
+
+def small_photos(longest_side: int, options: SfmOptions) -> bool:
+    return min(longest_side, options.max_image_size) < SMALL_PHOTO_PX
+
+
+def extraction_options(options: SfmOptions, upsample: bool = False) -> pycolmap.FeatureExtractionOptions:
+    """SIFT options; `upsample`: the first octave at 4x the photo's size instead of COLMAP's 2x."""
     eo = pycolmap.FeatureExtractionOptions()
     eo.max_image_size = options.max_image_size
     eo.sift.max_num_features = options.max_num_features
     eo.num_threads = options.num_threads
+    if upsample:
+        eo.sift.first_octave = -2
     return eo
 
 
 def extract_features(db_path: Path, image_dir: Path, groups: Sequence[tuple[pycolmap.Camera, list[str]]],
                      options: SfmOptions, reporter: Reporter, stage: str, step0: int = 0,
-                     total: int | None = None) -> None:
+                     total: int | None = None, upsample: bool = False) -> None:
     """Write one camera per group into a new database, then extract SIFT features of its images.
 
     Cameras are created here rather than by COLMAP, which in its AUTO mode gave each of the 50 fox photos
@@ -109,7 +121,7 @@ def extract_features(db_path: Path, image_dir: Path, groups: Sequence[tuple[pyco
     db.close()
     total = total if total is not None else n_images
     done = 0
-    eo = extraction_options(options)
+    eo = extraction_options(options, upsample)
     for camera_id, (_, names) in zip(camera_ids, groups):
         reader = pycolmap.ImageReaderOptions()
         reader.existing_camera_id = camera_id

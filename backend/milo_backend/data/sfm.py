@@ -3,6 +3,9 @@
     prepare (decode every photo: EXIF rotation, 8-bit RGB, skip corrupt ones) -> sfm:features ->
     sfm:matching -> sfm:mapping (incremental, keep the largest model) -> sfm:undistort
 
+Small photos (longest side under `features.SMALL_PHOTO_PX`) go through features, matching and mapping a
+second time with SIFT on 4x upsampled photos, and the better of the two models is kept (`_model_rank`).
+
 The result folder is reused when `sfm.json` in it says it was made from the same photos with the same
 options (resume). Timings and registration figures are recorded in that file (the benchmark reads them).
 """
@@ -20,7 +23,7 @@ import pycolmap
 from milo_backend.atomic import write_json
 from milo_backend.data.camera import Camera
 from milo_backend.data.features import (SfmOptions, colmap_log_level, exhaustive_pairs, extract_features,
-                                        link_or_copy, match_pairs, sequential_pairs, staged_name)
+                                        link_or_copy, match_pairs, sequential_pairs, small_photos, staged_name)
 from milo_backend.data.images import (focal_35mm, image_size, is_plain_8bit, list_images, open_image,
                                       pil_to_arrays, save_image)
 from milo_backend.data.undistort import colmap_camera, output_names, pinhole_for, undistort_views
@@ -52,8 +55,8 @@ class StageClock:
         self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def lap(self, stage: str) -> None:
-        self.wall[stage] = round(time.perf_counter() - self._wall0, 2)
-        self.cpu[stage] = round(time.process_time() - self._cpu0, 2)
+        self.wall[stage] = round(self.wall.get(stage, 0.0) + time.perf_counter() - self._wall0, 2)
+        self.cpu[stage] = round(self.cpu.get(stage, 0.0) + time.process_time() - self._cpu0, 2)
         self._mark()
 
 
@@ -115,11 +118,15 @@ def _camera_groups(kept: list[tuple[Path, str]], camera_model: str) -> list[tupl
     return cameras
 
 
-def _mapper_options(options: SfmOptions) -> pycolmap.IncrementalPipelineOptions:
+def _mapper_options(options: SfmOptions, small: bool = False) -> pycolmap.IncrementalPipelineOptions:
     mo = pycolmap.IncrementalPipelineOptions()
     mo.num_threads = options.num_threads
     mo.random_seed = options.seed
     mo.min_model_size = MIN_PHOTOS
+    if small:
+        # COLMAP's 100 / 30 inliers assume thousands of features per photo; a small photo has hundreds
+        mo.mapper.init_min_num_inliers = 50
+        mo.mapper.abs_pose_min_num_inliers = 15
     return mo
 
 
@@ -150,6 +157,45 @@ def _undistorted_reconstruction(rec: pycolmap.Reconstruction, names: dict[str, s
     return out
 
 
+def _reconstruct(work: Path, staged_dir: Path, groups: list, names: list[str], options: SfmOptions, small: bool,
+                 reporter: Reporter, clock: "StageClock") -> pycolmap.Reconstruction | None:
+    """Features, matching and incremental mapping of the staged photos in `work`; the largest model, or
+    None. `small`: SIFT on 4x upsampled photos and the mapper's thresholds for few features."""
+    db_path, distorted_dir = work / "database.db", work / "distorted"
+    n = len(names)
+    if small:
+        reporter.stage("sfm:features", "Detecting features on the photos upsampled 4x")
+    extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features", step0=n, total=2 * n,
+                     upsample=small)
+    clock.lap("features")
+    exhaustive = n <= options.exhaustive_max_images
+    pairs = exhaustive_pairs(names) if exhaustive else sequential_pairs(names, options.sequential_overlap)
+    reporter.stage("sfm:matching", f"Matching {len(pairs)} image pairs "
+                                   f"({'exhaustive' if exhaustive else 'sequential, in file-name order'})")
+    match_pairs(db_path, pairs, work, options, reporter, "sfm:matching")
+    clock.lap("matching")
+    reporter.stage("sfm:mapping", "Estimating camera poses")
+    distorted_dir.mkdir(parents=True, exist_ok=True)
+    registered = [0]
+
+    def next_image() -> None:
+        registered[0] += 1
+        reporter.progress("sfm:mapping", min(registered[0] + 1, n), n)
+
+    models = pycolmap.incremental_mapping(db_path, staged_dir, distorted_dir,
+                                          options=_mapper_options(options, small), next_image_callback=next_image)
+    clock.lap("mapping")
+    db_path.unlink(missing_ok=True)
+    if not models:
+        return None
+    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))  # the largest
+
+
+def _model_rank(rec: pycolmap.Reconstruction) -> tuple:
+    """Larger is better: more photos placed, then a lower mean reprojection error."""
+    return rec.num_reg_images(), -rec.compute_mean_reprojection_error()
+
+
 def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | None = None,
             options: SfmOptions | None = None) -> Path:
     """Cameras and sparse points for the photos in `images_dir`; returns `out_dir`, a COLMAP dataset with
@@ -169,7 +215,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
 
     work = out_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
-    staged_dir, db_path, distorted_dir = work / "images", work / "database.db", work / "distorted"
+    staged_dir = work / "images"
     clock = StageClock()
     pycolmap.set_random_seed(options.seed)
     with colmap_log_level():
@@ -182,37 +228,20 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
                             hint="Replace the corrupt photos (see the warnings) or add more.", path=images_dir)
         clock.lap("prepare")
         groups = _camera_groups(kept, options.camera_model)
-        extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features",
-                         step0=len(photos), total=2 * len(photos))
-        if skipped:  # the bar still ends at 100%
-            reporter.progress("sfm:features", 2 * len(photos), 2 * len(photos))
-        clock.lap("features")
-
-        # -- matching ----------------------------------------------------------------------------------
         names = [name for _, name in kept]
-        exhaustive = len(names) <= options.exhaustive_max_images
-        pairs = exhaustive_pairs(names) if exhaustive else sequential_pairs(names, options.sequential_overlap)
-        reporter.stage("sfm:matching", f"Matching {len(pairs)} image pairs "
-                                       f"({'exhaustive' if exhaustive else 'sequential, in file-name order'})")
-        match_pairs(db_path, pairs, work, options, reporter, "sfm:matching")
-        clock.lap("matching")
-
-        # -- mapping -----------------------------------------------------------------------------------
-        reporter.stage("sfm:mapping", "Estimating camera poses")
-        distorted_dir.mkdir(parents=True, exist_ok=True)
-        registered = [0]
-
-        def next_image() -> None:
-            registered[0] += 1
-            reporter.progress("sfm:mapping", min(registered[0] + 1, len(kept)), len(kept))
-
-        models = pycolmap.incremental_mapping(db_path, staged_dir, distorted_dir, options=_mapper_options(options),
-                                              next_image_callback=next_image)
-        clock.lap("mapping")
-        if not models:
+        longest = int(np.median([max(cam.width, cam.height) for cam, group in groups for _ in group]))
+        rec = _reconstruct(work / "sift2x", staged_dir, groups, names, options, False, reporter, clock)
+        if small_photos(longest, options):
+            # Decision: small photos are reconstructed twice, at SIFT's usual 2x and at 4x with lower inlier
+            # thresholds; the model placing more photos wins, then the lower reprojection error. Neither
+            # setting is right for every small photo (BENCHMARKS.md, "Structure from motion on small photos").
+            reporter.log(f"the photos are small ({longest} px): trying SIFT on 4x upsampled photos as well")
+            fine = _reconstruct(work / "sift4x", staged_dir, groups, names, options, True, reporter, clock)
+            if fine is not None and (rec is None or _model_rank(fine) > _model_rank(rec)):
+                rec = fine
+        if rec is None:
             raise MiloError(f"Structure from motion found no camera poses for the {len(kept)} photos in "
                             f"{images_dir}", hint=NO_MODEL_HINT, path=images_dir)
-        rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))  # the largest
         if rec.num_reg_images() < MIN_PHOTOS:
             raise MiloError(f"Structure from motion placed only {rec.num_reg_images()} of the {len(kept)} photos "
                             f"in {images_dir}; training needs at least {MIN_PHOTOS}", hint=NO_MODEL_HINT,
@@ -258,5 +287,4 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
         "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
         "timings_s": clock.wall, "cpu_s": clock.cpu, "pycolmap": pycolmap.__version__})
     shutil.rmtree(staged_dir, ignore_errors=True)  # copies of the photos: no longer needed
-    db_path.unlink(missing_ok=True)
     return out_dir
