@@ -11,6 +11,7 @@ vertex colours, from a few training views).
 """
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -27,7 +28,9 @@ from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter, Reporter
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.mesh_io import write_mesh_ply
-from milo_backend.mesh_phase import FUSION_TAU, MeshPhase, project_points, surface_along_rays
+from milo_backend.mesh.raster import in_frustum
+from milo_backend.mesh.view_space import world_to_view
+from milo_backend.mesh_phase import FUSION_TAU, MeshPhase, face_ids, project_points, surface_along_rays
 from milo_backend.previews import save_panel, to_uint8
 from milo_backend.render import render
 from milo_backend.run_folder import RunFolder
@@ -40,10 +43,17 @@ LOOSE_TAU = 10.0  # x tau: the second colouring pass (vertices no view saw withi
 UNSEEN_GREY = 0.5
 NEIGHBOUR_ROUNDS = 8
 # Decision (not in the published method): disconnected pieces with fewer than 1% of the mesh's faces
-# are dropped. Measured on the bunny: of their faces inside the object's box, 84% lay more than 5% of
-# the diagonal away from the true surface (floaters), against 0.2% in the large pieces; they made most
-# of the Chamfer distance. `--keep-fragments` keeps them.
+# are dropped unless the photos support them. Measured on the bunny: of the small pieces' faces inside
+# the object's box, 84% lay more than 5% of the diagonal away from the true surface (floaters), against
+# 0.2% in the large pieces; they made most of the Chamfer distance. But a small object of its own (a
+# ring, a rod) is also a small piece: it is kept when it is the visible surface, on the Gaussians'
+# rendered depth (within SUPPORT_TAU x tau), in at least FRAGMENT_MIN_VIEWS of the training views.
+# Measured on the suite's `thin` scene (BENCHMARKS.md, "Small pieces: floaters or thin objects"): the
+# pieces on the true rods were supported in 9-13 of 42 views, the floaters in at most 4.
+# `--keep-fragments` keeps every piece.
 FRAGMENT_FRACTION = 0.01
+FRAGMENT_MIN_VIEWS = 0.15  # share of the training views (at least 3)
+SUPPORT_TAU = 5.0
 
 
 class ColouredMesh(NamedTuple):
@@ -100,18 +110,23 @@ def extract_mesh(phase: MeshPhase, image_fn: Callable[[Camera], torch.Tensor], *
                          hint="check that the cameras look at the object; training longer may help")
         return ColouredMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
     return finish_mesh(verts, faces, phase.cameras, image_fn, phase.tau, remove_unseen=remove_unseen,
-                       keep_fragments=keep_fragments, backend=phase.raster_backend, reporter=reporter)
+                       keep_fragments=keep_fragments, depth_fn=lambda c: depths[c.name],
+                       backend=phase.raster_backend, reporter=reporter)
 
 
 def finish_mesh(verts: torch.Tensor, faces: torch.Tensor, cameras: Sequence[Camera],
                 image_fn: Callable[[Camera], torch.Tensor], tau: float, *, remove_unseen: bool = False,
-                keep_fragments: bool = False, backend: str = "auto", reporter: Reporter | None = None) -> ColouredMesh:
-    """Any extracted surface (MILo's or the TSDF baseline's) to the output: small pieces dropped,
-    optionally unseen vertices too, vertex colours from the photos."""
+                keep_fragments: bool = False, depth_fn: Callable[[Camera], torch.Tensor] | None = None,
+                backend: str = "auto", reporter: Reporter | None = None) -> ColouredMesh:
+    """Any extracted surface (MILo's or the TSDF baseline's) to the output: small pieces dropped unless
+    the Gaussians' depths `depth_fn(camera)` (H,W,1) support them, optionally unseen vertices too,
+    vertex colours from the photos."""
     reporter = reporter or NullReporter()
     if not keep_fragments:
-        verts, faces, dropped = drop_fragments(verts, faces, FRAGMENT_FRACTION)
-        reporter.log(f"removed {dropped} small disconnected pieces (under {FRAGMENT_FRACTION:.0%} of the faces each)")
+        verts, faces, dropped, kept = drop_fragments(verts, faces, FRAGMENT_FRACTION, cameras, depth_fn,
+                                                     SUPPORT_TAU * tau, backend)
+        reporter.log(f"removed {dropped} small disconnected pieces (under {FRAGMENT_FRACTION:.0%} of the faces "
+                     f"each); kept {kept} that the photos support")
     if remove_unseen:
         keep = seen_by_any_camera(verts, cameras)
         verts, faces = keep_vertices(verts, faces, keep)
@@ -234,14 +249,62 @@ def keep_vertices(verts: torch.Tensor, faces: torch.Tensor, keep: torch.Tensor):
     return compact(verts, faces[keep[faces].all(dim=1)])
 
 
-def drop_fragments(verts: torch.Tensor, faces: torch.Tensor, fraction: float):
-    """Drop the connected pieces with fewer than `fraction` of all faces. Returns (verts, faces,
-    number of pieces dropped)."""
+def drop_fragments(verts: torch.Tensor, faces: torch.Tensor, fraction: float, cameras: Sequence[Camera] = (),
+                   depth_fn: Callable[[Camera], torch.Tensor] | None = None, tol: float = 0.0,
+                   backend: str = "auto"):
+    """Drop the connected pieces with fewer than `fraction` of all faces, except those that
+    `supported_views` finds in at least FRAGMENT_MIN_VIEWS of `cameras` (none without `depth_fn`).
+    Returns (verts, faces, number of pieces dropped, number of small pieces kept)."""
     label, sizes = face_components(verts.shape[0], faces.cpu().numpy())
     small = sizes < fraction * faces.shape[0]
-    keep = torch.as_tensor(~small[label], device=faces.device)
+    supported = np.zeros_like(small)
+    if depth_fn is not None and small.any() and len(cameras):
+        views = supported_views(verts, faces, label, cameras, depth_fn, tol, backend)
+        supported = small & (views >= max(3, math.ceil(FRAGMENT_MIN_VIEWS * len(cameras))))
+    drop = small & ~supported
+    keep = torch.as_tensor(~drop[label], device=faces.device)
     verts, faces = compact(verts, faces[keep])
-    return verts, faces, int(small.sum())
+    return verts, faces, int(drop.sum()), int(supported.sum())
+
+
+@torch.no_grad()
+def supported_views(verts: torch.Tensor, faces: torch.Tensor, piece: np.ndarray, cameras: Sequence[Camera],
+                    depth_fn: Callable[[Camera], torch.Tensor], tol: float, backend: str = "auto") -> np.ndarray:
+    """(pieces,) in how many views each piece (`piece`: the piece of each face) is the visible surface
+    at some pixel where it lies within `tol` of the Gaussians' depth there: floaters are hidden or
+    off the rendered surface, a real object is on it from many sides."""
+    piece_t = torch.as_tensor(piece, device=faces.device)
+    count = np.zeros(int(piece.max()) + 1, dtype=np.int64)
+    for cam in cameras:
+        rows = torch.nonzero(in_frustum(verts, faces, cam)).squeeze(1)
+        if rows.numel() == 0:
+            continue
+        culled = faces[rows]
+        ids = face_ids(verts, culled, cam, backend)
+        hit = ids >= 0
+        if not bool(hit.any()):
+            continue
+        r, c = torch.nonzero(hit, as_tuple=True)
+        f = culled[ids[hit]]
+        z = pixel_plane_depth(world_to_view(verts, cam), f, r, c, cam)
+        gauss = depth_fn(cam).reshape(cam.height, cam.width).to(z)[r, c]
+        on_surface = (gauss > 0) & ((z - gauss).abs() <= tol)
+        seen = torch.unique(piece_t[rows[ids[hit]][on_surface]]).cpu().numpy()
+        count[seen] += 1
+    return count
+
+
+def pixel_plane_depth(v_cam: torch.Tensor, f: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                      cam: Camera) -> torch.Tensor:
+    """View-space depth where the ray through the centre of pixel (rows, cols) meets the plane of face
+    `f` (N,3); +inf where the ray grazes it."""
+    a, b, c = v_cam[f[:, 0]], v_cam[f[:, 1]], v_cam[f[:, 2]]
+    n = torch.cross(b - a, c - a, dim=1)
+    ray = torch.stack([(cols.to(a) + 0.5 - cam.cx) / cam.fx, (rows.to(a) + 0.5 - cam.cy) / cam.fy,
+                       torch.ones_like(a[:, 0])], dim=1)
+    denom = (n * ray).sum(1)
+    depth = (n * a).sum(1) / torch.where(denom == 0, torch.ones_like(denom), denom)
+    return torch.where(denom == 0, torch.full_like(depth, float("inf")), depth)
 
 
 def compact(verts: torch.Tensor, faces: torch.Tensor):

@@ -10,8 +10,8 @@ from PIL import Image
 
 from milo_backend.errors import MiloError
 from milo_backend.events import NullReporter
-from milo_backend.extract import (drop_fragments, extract_mesh, fill_from_neighbours, keep_vertices, mesh_stats, seen_by_any_camera,
-                                  write_mesh_outputs)
+from milo_backend.extract import (drop_fragments, extract_mesh, fill_from_neighbours, keep_vertices, mesh_stats,
+                                  seen_by_any_camera, write_mesh_outputs)
 from milo_backend.mesh import cull_to_frustum, rasterize_mesh
 from milo_backend.mesh_io import read_mesh
 from test_meshloop_phase import RADIUS, make_phase, sphere_cameras, sphere_model
@@ -124,11 +124,56 @@ def test_small_disconnected_pieces_are_dropped():
                      torch.stack([(i + 1) % n, i, torch.full_like(i, n + 1)], 1)])
     floaters = torch.tensor([[102, 103, 104], [105, 106, 107], [105, 107, 108], [106, 108, 107], [105, 108, 106]])
     faces = torch.cat([cap, floaters])
-    v, f, dropped = drop_fragments(verts, faces, 0.01 * 40)  # pieces under 40% of 205 faces
-    assert dropped == 2 and f.shape == (200, 3) and v.shape == (102, 3)
+    v, f, dropped, kept = drop_fragments(verts, faces, 0.01 * 40)  # pieces under 40% of 205 faces
+    assert (dropped, kept) == (2, 0) and f.shape == (200, 3) and v.shape == (102, 3)
     assert torch.equal(v[f], verts[cap])
     assert mesh_stats(len(v), f.numpy())["connected_components"] == 1
     assert drop_fragments(verts, faces, 0.0)[1].shape == faces.shape  # 0 keeps everything
+
+
+def cube(centre, size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A closed axis-aligned cube (8 vertices, 12 outward faces)."""
+    c = torch.tensor([[(i >> a) & 1 for a in range(3)] for i in range(8)], dtype=torch.float64) - 0.5
+    quads = [(0, 2, 3, 1), (4, 5, 7, 6), (0, 1, 5, 4), (2, 6, 7, 3), (0, 4, 6, 2), (1, 3, 7, 5)]
+    faces = torch.tensor([t for a, b, c_, d in quads for t in ((a, b, c_), (a, c_, d))])
+    return c * size + torch.tensor(centre, dtype=torch.float64), faces
+
+
+def test_a_small_piece_on_the_gaussians_surface_is_kept_a_floater_is_not():
+    """A large body with two small cubes beside it. The Gaussians' depth maps show the body and one
+    cube (a real small object: a rod, a ring): that cube is the visible surface on that depth in most
+    views and is kept; the other cube, absent from the depth maps (a floater), is dropped."""
+    body_v, body_f = cube((0.0, 0.0, 0.0), 1.2)
+    # subdivide the body so the small pieces are under 10% of the faces: 12 faces -> 12 * 4^3
+    for _ in range(3):
+        a, b, c = body_f[:, 0], body_f[:, 1], body_f[:, 2]
+        mids = torch.cat([(body_v[a] + body_v[b]) / 2, (body_v[b] + body_v[c]) / 2, (body_v[c] + body_v[a]) / 2])
+        n, m = body_v.shape[0], body_f.shape[0]
+        ab, bc, ca = n + torch.arange(m), n + m + torch.arange(m), n + 2 * m + torch.arange(m)
+        body_v = torch.cat([body_v, mids])
+        body_f = torch.cat([torch.stack(t, 1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+    real_v, real_f = cube((1.25, 0.2, 0.1), 0.35)
+    fake_v, fake_f = cube((-1.25, -0.2, 0.1), 0.35)
+    def merge(*parts):
+        verts, faces, n = [], [], 0
+        for v, f in parts:
+            verts.append(v)
+            faces.append(f + n)
+            n += v.shape[0]
+        return torch.cat(verts).float(), torch.cat(faces)
+    truth_v, truth_f = merge((body_v, body_f), (real_v, real_f))
+    verts, faces = merge((body_v, body_f), (real_v, real_f), (fake_v, fake_f))
+    cams = sphere_cameras(size=48)
+
+    def gaussian_depth(cam):
+        out = rasterize_mesh(truth_v, cull_to_frustum(truth_v, truth_f, cam), cam, backend="torch")
+        return out.depth * (out.mask > 0.5)
+
+    v, f, dropped, kept = drop_fragments(verts, faces, 0.1, cams, gaussian_depth, tol=0.02, backend="torch")
+    assert (dropped, kept) == (1, 1) and f.shape[0] == body_f.shape[0] + 12
+    assert torch.allclose(v[f[-12:]].reshape(-1, 3).mean(0), torch.tensor([1.25, 0.2, 0.1]), atol=1e-5)
+    # without depth maps both small cubes go, as before
+    assert drop_fragments(verts, faces, 0.1)[2:] == (2, 0)
 
 
 def test_unseen_vertices_are_removed(extracted):

@@ -48,12 +48,18 @@ def nvdiffrast_available(device: torch.device | str = "cuda") -> bool:
 @torch.no_grad()
 def cull_to_frustum(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
                     near: float = NEAR) -> torch.Tensor:
-    """The rows of `faces` worth rasterising for `camera`: every vertex in front of the near plane
-    and not all three vertices beyond the same side of the image. Vertices stay as they are."""
+    """The rows of `faces` worth rasterising for `camera` (see `in_frustum`). Vertices stay as they are."""
+    return faces[in_frustum(verts, faces, camera, near)]
+
+
+@torch.no_grad()
+def in_frustum(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, near: float = NEAR) -> torch.Tensor:
+    """(F,) bool: every vertex of the face in front of the near plane and not all three beyond the
+    same side of the image."""
     v_cam = world_to_view(verts.detach(), camera)
     z = v_cam[faces, 2]                                                        # (F,3)
     uv = project(v_cam, camera)[faces]                                         # (F,3,2)
     in_front = (z > near).all(dim=1)
     outside = ((uv[..., 0] < 0).all(1) | (uv[..., 0] > camera.width).all(1)
                | (uv[..., 1] < 0).all(1) | (uv[..., 1] > camera.height).all(1))
-    return faces[in_front & ~outside]
+    return in_front & ~outside
