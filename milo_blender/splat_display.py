@@ -1,9 +1,11 @@
-"""How Gaussian splats show in the viewport: a geometry-nodes modifier on the Gaussian object.
+"""How Gaussian splats show in the viewport and in EEVEE / Cycles renders: a geometry-nodes modifier on the
+Gaussian object.
 
 Each splat becomes an ellipsoid (an ico sphere instance, unrealised: instancing costs a fraction of realising)
-rotated by rot_*, with radii exp(scale_*) x Size, coloured by `Color` and as opaque as sigmoid(opacity); or, the
-cheap mode, a point of radius exp(max scale_*) x Size. Density shows a stable random fraction of the splats
-(the same ones on every frame, so the display does not flicker while they move). Splats that lost their face
+rotated by rot_*, with radii exp(scale_*) x Size (Size in standard deviations, 3 by default: the 3-sigma
+extent 3DGS renderers draw), carrying the Gaussian material (`gaussian_material`); or, the cheap mode for
+editing, a point of radius exp(max scale_*) x Size. Density shows a stable random fraction of the splats (the
+same ones on every frame, so the display does not flicker while they move). Splats that lost their face
 (attribute LOST_ATTRIBUTE) are hidden. The live deformation only rewrites the attributes this reads.
 """
 from __future__ import annotations
@@ -14,7 +16,10 @@ MODIFIER = "MILo splat points"     # the importer's name for it since the first 
 GROUP = "MILo splat display"
 LOST_ATTRIBUTE = "milo_lost"
 COLOR_ATTRIBUTE = "Color"
+SIZE_ATTRIBUTE = "milo_size"      # Size, per splat, for the material's falloff
+LOCAL_ATTRIBUTE = "milo_local"    # position on the unit sphere of the instance, for the material
 INPUTS = ("Ellipsoids", "Density", "Size")       # the modifier's inputs, shown in the panel
+DEFAULT_SIZE = 3.0
 
 
 def display_modifier(obj: bpy.types.Object) -> bpy.types.NodesModifier:
@@ -82,7 +87,7 @@ def splat_display_group() -> bpy.types.NodeTree:
     _socket(group, "Geometry", "NodeSocketGeometry")
     _socket(group, "Ellipsoids", "NodeSocketBool", default=True)
     _socket(group, "Density", "NodeSocketFloat", default=1.0, min_value=0.0, max_value=1.0)
-    _socket(group, "Size", "NodeSocketFloat", default=2.0, min_value=0.0, max_value=100.0)
+    _socket(group, "Size", "NodeSocketFloat", default=DEFAULT_SIZE, min_value=0.0, max_value=100.0)
     _socket(group, "Geometry", "NodeSocketGeometry", in_out="OUTPUT")
     nodes, links = group.nodes, group.links
     inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
@@ -102,6 +107,11 @@ def splat_display_group() -> bpy.types.NodeTree:
     links.new(hide.outputs[0], delete.inputs["Selection"])
     to_points = nodes.new("GeometryNodeMeshToPoints")
     links.new(delete.outputs["Geometry"], to_points.inputs["Mesh"])
+    store_size = nodes.new("GeometryNodeStoreNamedAttribute")
+    store_size.data_type, store_size.domain = "FLOAT", "POINT"
+    store_size.inputs["Name"].default_value = SIZE_ATTRIBUTE
+    links.new(to_points.outputs["Points"], store_size.inputs["Geometry"])
+    links.new(inp.outputs["Size"], store_size.inputs["Value"])
 
     scales = [_math(nodes, links, "EXPONENT", _named(nodes, f"scale_{i}")) for i in range(3)]
 
@@ -120,10 +130,15 @@ def splat_display_group() -> bpy.types.NodeTree:
     sphere = nodes.new("GeometryNodeMeshIcoSphere")
     sphere.inputs["Radius"].default_value = 1.0
     sphere.inputs["Subdivisions"].default_value = 1
+    local = nodes.new("GeometryNodeStoreNamedAttribute")  # the unit-sphere position, for the material
+    local.data_type, local.domain = "FLOAT_VECTOR", "POINT"
+    local.inputs["Name"].default_value = LOCAL_ATTRIBUTE
+    links.new(sphere.outputs["Mesh"], local.inputs["Geometry"])
+    links.new(nodes.new("GeometryNodeInputPosition").outputs["Position"], local.inputs["Value"])
     smooth = nodes.new("GeometryNodeSetShadeSmooth")
-    links.new(sphere.outputs["Mesh"], smooth.inputs["Geometry"])
+    links.new(local.outputs["Geometry"], smooth.inputs["Geometry"])
     sphere_material = nodes.new("GeometryNodeSetMaterial")
-    sphere_material.inputs["Material"].default_value = ellipsoid_material()
+    sphere_material.inputs["Material"].default_value = gaussian_material()
     links.new(smooth.outputs["Geometry"], sphere_material.inputs["Geometry"])
     quaternion = nodes.new("FunctionNodeQuaternionToRotation")
     for i, axis in enumerate("WXYZ"):
@@ -136,7 +151,7 @@ def splat_display_group() -> bpy.types.NodeTree:
     links.new(radii.outputs["Vector"], sized.inputs[0])
     links.new(inp.outputs["Size"], sized.inputs["Scale"])
     instance = nodes.new("GeometryNodeInstanceOnPoints")
-    links.new(to_points.outputs["Points"], instance.inputs["Points"])
+    links.new(store_size.outputs["Geometry"], instance.inputs["Points"])
     links.new(sphere_material.outputs["Geometry"], instance.inputs["Instance"])
     links.new(quaternion.outputs["Rotation"], instance.inputs["Rotation"])
     links.new(sized.outputs["Vector"], instance.inputs["Scale"])
@@ -172,10 +187,20 @@ def point_color_material() -> bpy.types.Material:
     return mat
 
 
-def ellipsoid_material() -> bpy.types.Material:
-    """Instances read the splat's attributes from the instancer: emitted colour (3DGS colours are radiance,
-    not albedo) over transparency sigmoid(opacity)."""
-    mat, created = _new_material("MILo splat ellipsoids")
+def gaussian_material() -> bpy.types.Material:
+    """The 3DGS look on the ellipsoid proxies, for EEVEE and Cycles.
+
+    Along the view ray through a front-face point, a Gaussian's density peaks where the ray passes closest
+    to its centre; in the instance's own space (the unit sphere = Size standard deviations) that distance
+    is |p x d| / |d| and its Mahalanobis distance m = Size |p x d| / |d|. The splat covers the pixel with
+    alpha = sigmoid(opacity) exp(-m^2 / 2), as in 3DGS (its 2D covariance is the projection of this one,
+    up to the affine approximation), and emits its colour there (3DGS colours are radiance, not albedo;
+    degree 0 only: the view-dependent part is not shown). Back faces are transparent, so a ray crosses
+    each splat once in Cycles too. Dithered (stochastic) transparency with depth testing composites
+    overlapping splats in their depth order in expectation: EEVEE's blended mode sorts whole objects, not
+    the instances of one; it converges with the render samples.
+    """
+    mat, created = _new_material("MILo splat gaussians")
     if not created:
         return mat
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -183,15 +208,39 @@ def ellipsoid_material() -> bpy.types.Material:
         if node.type != "OUTPUT_MATERIAL":
             nodes.remove(node)
     output = next(n for n in nodes if n.type == "OUTPUT_MATERIAL")
-    color = nodes.new("ShaderNodeAttribute")
-    color.attribute_type, color.attribute_name = "INSTANCER", COLOR_ATTRIBUTE
-    opacity = nodes.new("ShaderNodeAttribute")
-    opacity.attribute_type, opacity.attribute_name = "INSTANCER", "opacity"
-    alpha = _math(nodes, links, "DIVIDE", 1.0,
-                  _math(nodes, links, "ADD", 1.0,
-                        _math(nodes, links, "EXPONENT", _math(nodes, links, "MULTIPLY", opacity.outputs["Fac"], -1.0))))
+
+    def attribute(name: str):
+        node = nodes.new("ShaderNodeAttribute")
+        node.attribute_type, node.attribute_name = "INSTANCER", name
+        return node
+
+    def vector(operation: str, a, b=None):
+        node = nodes.new("ShaderNodeVectorMath")
+        node.operation = operation
+        links.new(a, node.inputs[0])
+        if b is not None:
+            links.new(b, node.inputs[1])
+        return node.outputs["Value" if operation == "LENGTH" else "Vector"]
+
+    local = nodes.new("ShaderNodeAttribute")
+    local.attribute_type, local.attribute_name = "GEOMETRY", LOCAL_ATTRIBUTE
+    geometry = nodes.new("ShaderNodeNewGeometry")
+    to_local = nodes.new("ShaderNodeVectorTransform")
+    to_local.vector_type, to_local.convert_from, to_local.convert_to = "VECTOR", "WORLD", "OBJECT"
+    links.new(geometry.outputs["Incoming"], to_local.inputs["Vector"])
+    ray = to_local.outputs["Vector"]
+    distance = _math(nodes, links, "DIVIDE", vector("LENGTH", vector("CROSS_PRODUCT", local.outputs["Vector"], ray)),
+                     vector("LENGTH", ray))
+    m = _math(nodes, links, "MULTIPLY", distance, attribute(SIZE_ATTRIBUTE).outputs["Fac"])
+    falloff = _math(nodes, links, "EXPONENT", _math(nodes, links, "MULTIPLY", _math(nodes, links, "MULTIPLY", m, m), -0.5))
+    opacity = attribute("opacity").outputs["Fac"]
+    sigmoid = _math(nodes, links, "DIVIDE", 1.0,
+                    _math(nodes, links, "ADD", 1.0, _math(nodes, links, "EXPONENT",
+                                                          _math(nodes, links, "MULTIPLY", opacity, -1.0))))
+    front = _math(nodes, links, "SUBTRACT", 1.0, geometry.outputs["Backfacing"])
+    alpha = _math(nodes, links, "MULTIPLY", _math(nodes, links, "MULTIPLY", sigmoid, falloff), front)
     emission = nodes.new("ShaderNodeEmission")
-    links.new(color.outputs["Color"], emission.inputs["Color"])
+    links.new(attribute(COLOR_ATTRIBUTE).outputs["Color"], emission.inputs["Color"])
     transparent = nodes.new("ShaderNodeBsdfTransparent")
     mix = nodes.new("ShaderNodeMixShader")
     links.new(alpha, mix.inputs["Fac"])
@@ -199,5 +248,5 @@ def ellipsoid_material() -> bpy.types.Material:
     links.new(emission.outputs[0], mix.inputs[2])
     links.new(mix.outputs[0], output.inputs["Surface"])
     if hasattr(mat, "surface_render_method"):
-        mat.surface_render_method = "BLENDED"
+        mat.surface_render_method = "DITHERED"
     return mat
