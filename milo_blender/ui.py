@@ -155,9 +155,16 @@ class MILO_PT_splats(bpy.types.Panel):
         col = layout.column(align=True)
         col.operator("milo.export_gaussians", text="Export Current Frame", icon="EXPORT").frames = "CURRENT"
         col.operator("milo.export_gaussians", text="Export Frame Range", icon="SEQUENCE").frames = "RANGE"
-        layout.prop(context.scene.milo, "render_output")
+        box = layout.box()
+        box.label(text="Blender render (F12): splats with the whole scene", icon="RENDER_STILL")
+        box.label(text="EEVEE / Cycles; blending is approximate")
+        box.operator("milo.prepare_splat_render", icon="SCENE")
+        box = layout.box()
+        box.label(text="Render Splats: exact splat-only frames", icon="RENDER_ANIMATION")
+        box.label(text="by the MILo backend, no other objects")
+        box.prop(context.scene.milo, "render_output")
         running = jobs.running("render") is not None
-        row = layout.row()
+        row = box.row()
         row.enabled = not running
         row.operator("milo.render_splats", icon="RENDER_ANIMATION")
         draw_job_status(layout, context.window_manager.milo_render_job, cancel_kinds=("render",))

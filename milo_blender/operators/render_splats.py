@@ -80,3 +80,34 @@ class MILO_OT_render_splats(JobOperator, bpy.types.Operator):
     def job_done(self, context, job: Job) -> None:
         out = context.window_manager.milo_render_job.output
         self.report({"INFO"}, f"Rendered {len(job.steps)} frame{'s' if len(job.steps) > 1 else ''} into {out}")
+
+
+# Cycles counts every splat a ray passes as one transparent bounce (its default, 8, cuts overlapping splats)
+SPLAT_TRANSPARENT_BOUNCES = 256
+SPLAT_EEVEE_SAMPLES = 64  # dithered transparency converges with the samples
+
+
+class MILO_OT_prepare_splat_render(bpy.types.Operator):
+    """Set the scene up to render splats with EEVEE or Cycles: the Standard view transform (the photos'
+    colours), enough transparent bounces for Cycles and enough samples for EEVEE's dithered transparency"""
+
+    bl_idname = "milo.prepare_splat_render"
+    bl_label = "Prepare Scene for Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene = context.scene
+        changed = []
+        if scene.view_settings.view_transform != "Standard":
+            changed.append(f"view transform {scene.view_settings.view_transform} -> Standard")
+            scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"
+        if scene.cycles.transparent_max_bounces < SPLAT_TRANSPARENT_BOUNCES:
+            changed.append(f"Cycles transparent bounces {scene.cycles.transparent_max_bounces} -> "
+                           f"{SPLAT_TRANSPARENT_BOUNCES}")
+            scene.cycles.transparent_max_bounces = SPLAT_TRANSPARENT_BOUNCES
+            scene.cycles.max_bounces = max(scene.cycles.max_bounces, SPLAT_TRANSPARENT_BOUNCES)
+        if scene.eevee.taa_render_samples < SPLAT_EEVEE_SAMPLES:
+            changed.append(f"EEVEE render samples {scene.eevee.taa_render_samples} -> {SPLAT_EEVEE_SAMPLES}")
+            scene.eevee.taa_render_samples = SPLAT_EEVEE_SAMPLES
+        self.report({"INFO"}, "; ".join(changed) if changed else "the scene was already set up for splats")
+        return {"FINISHED"}

@@ -398,7 +398,9 @@ def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, sample
     scene = bpy.context.scene
     scene.camera = next(iter(bpy.data.collections[f"MILo {run.name} cameras"].objects))
     scene.render.engine = engine
-    scene.view_settings.view_transform = "Standard"  # the photos' colours, as the backend renders them
+    assert bpy.ops.milo.prepare_splat_render() == {"FINISHED"}
+    assert scene.view_settings.view_transform == "Standard"  # the photos' colours, as the backend renders them
+    assert scene.cycles.transparent_max_bounces >= 128 and scene.eevee.taa_render_samples >= 64
     scene.world = bpy.data.worlds.new("black")
     scene.world.color = (0.0, 0.0, 0.0)
     background = scene.world.node_tree.nodes.get("Background") if scene.world.node_tree else None
@@ -406,9 +408,8 @@ def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, sample
         background.inputs["Color"].default_value = (0.0, 0.0, 0.0, 1.0)
     if engine == "CYCLES":
         scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = samples, "CPU", False
-        scene.cycles.transparent_max_bounces = 128
     else:
-        scene.eevee.taa_render_samples = samples
+        scene.eevee.taa_render_samples = samples  # fewer than prepared: a small test
     scene.render.filepath = str(tmp_path / "blender.png")
     bpy.ops.render.render(write_still=True)
     blender = np.asarray(Image.open(tmp_path / "blender.png").convert("RGB")).astype(np.float32) / 255
