@@ -32,7 +32,7 @@ from .core.topology_tracking import (VERTEX_ID_ATTRIBUTE, TopologyState, binding
                                      topology_matches, track_topology, unchanged)
 from .gaussian_object import (check_gaussian_object, read_attribute, read_colors, read_positions, remove_attribute,
                               stored_pose, write_attribute, write_pose)
-from .splat_display import LOST_ATTRIBUTE
+from .splat_display import LOST_ATTRIBUTE, depend_on_mesh
 
 # Per-splat binding arrays -> (attribute name, data type).
 SPLAT_ATTRIBUTES = {"face": ("milo_face", "INT"), "bary": ("milo_bary", "FLOAT_VECTOR"),
@@ -337,6 +337,7 @@ def bind_gaussians(context, gauss: bpy.types.Object, mesh_obj: bpy.types.Object)
     store_binding(gauss.data, binding, bound_ids)
     remove_attribute(gauss.data, LOST_ATTRIBUTE)
     gauss.milo_binding.mesh = mesh_obj
+    depend_on_mesh(gauss, mesh_obj)
     set_status(gauss, unchanged(binding))
     rig = rig_of(gauss)
     # The object's attributes are the bind input: they already show the splats on this mesh.
@@ -350,6 +351,7 @@ def unbind(gauss: bpy.types.Object) -> None:
     bake_colour(gauss)
     clear_binding(gauss.data)
     gauss.milo_binding.mesh = None
+    depend_on_mesh(gauss, None)
     set_status(gauss, None)
     _rigs.pop(gauss.session_uid, None)
     gauss.data.update()

@@ -19,6 +19,7 @@ COLOR_ATTRIBUTE = "Color"
 SIZE_ATTRIBUTE = "milo_size"      # Size, per splat, for the material's falloff
 LOCAL_ATTRIBUTE = "milo_local"    # position on the unit sphere of the instance, for the material
 INPUTS = ("Ellipsoids", "Density", "Size")       # the modifier's inputs, shown in the panel
+MESH_INPUT = "Bound Mesh"                         # set by binding, hidden from the modifier panel
 DEFAULT_SIZE = 3.0
 
 
@@ -47,6 +48,16 @@ def set_display(obj: bpy.types.Object, ellipsoids: bool | None = None, density: 
     for name, value in (("Ellipsoids", ellipsoids), ("Density", density), ("Size", size)):
         if value is not None:
             mod[input_identifier(mod, name)] = value
+    obj.update_tag()
+
+
+def depend_on_mesh(obj: bpy.types.Object, mesh: bpy.types.Object | None) -> None:
+    """Make the display (so every render of the Gaussian object) depend on its bound mesh, or on nothing."""
+    mod = display_modifier(obj)
+    try:
+        mod[input_identifier(mod, MESH_INPUT)] = mesh
+    except KeyError:  # a display group saved by an earlier version: no such input
+        return
     obj.update_tag()
 
 
@@ -88,9 +99,23 @@ def splat_display_group() -> bpy.types.NodeTree:
     _socket(group, "Ellipsoids", "NodeSocketBool", default=True)
     _socket(group, "Density", "NodeSocketFloat", default=1.0, min_value=0.0, max_value=1.0)
     _socket(group, "Size", "NodeSocketFloat", default=DEFAULT_SIZE, min_value=0.0, max_value=100.0)
+    mesh_socket = _socket(group, MESH_INPUT, "NodeSocketObject")
+    if hasattr(mesh_socket, "hide_in_modifier"):
+        mesh_socket.hide_in_modifier = True
     _socket(group, "Geometry", "NodeSocketGeometry", in_out="OUTPUT")
     nodes, links = group.nodes, group.links
     inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+
+    # The bound mesh's geometry, multiplied by zero into Size: the only point is the dependency, so that a
+    # render evaluates the mesh (animation, armature) even when it is hidden from the render, and the follow
+    # handler can read it there.
+    mesh_info = nodes.new("GeometryNodeObjectInfo")
+    links.new(inp.outputs[MESH_INPUT], mesh_info.inputs["Object"])
+    mesh_size = nodes.new("GeometryNodeAttributeDomainSize")
+    mesh_size.component = "MESH"
+    links.new(mesh_info.outputs["Geometry"], mesh_size.inputs["Geometry"])
+    size = _math(nodes, links, "ADD", inp.outputs["Size"],
+                 _math(nodes, links, "MULTIPLY", mesh_size.outputs["Point Count"], 0.0))
 
     # Hidden: splats that lost their face, and those beyond the display density (random per index: stable).
     random = nodes.new("FunctionNodeRandomValue")
@@ -111,14 +136,13 @@ def splat_display_group() -> bpy.types.NodeTree:
     store_size.data_type, store_size.domain = "FLOAT", "POINT"
     store_size.inputs["Name"].default_value = SIZE_ATTRIBUTE
     links.new(to_points.outputs["Points"], store_size.inputs["Geometry"])
-    links.new(inp.outputs["Size"], store_size.inputs["Value"])
+    links.new(size, store_size.inputs["Value"])
 
     scales = [_math(nodes, links, "EXPONENT", _named(nodes, f"scale_{i}")) for i in range(3)]
 
     # Points: radius of the largest axis.
     largest = _math(nodes, links, "MAXIMUM", _math(nodes, links, "MAXIMUM", scales[0], scales[1]), scales[2])
-    radius = _math(nodes, links, "MULTIPLY", largest, None)
-    links.new(inp.outputs["Size"], radius.node.inputs[1])
+    radius = _math(nodes, links, "MULTIPLY", largest, size)
     set_radius = nodes.new("GeometryNodeSetPointRadius")
     links.new(to_points.outputs["Points"], set_radius.inputs["Points"])
     links.new(radius, set_radius.inputs["Radius"])
@@ -149,7 +173,7 @@ def splat_display_group() -> bpy.types.NodeTree:
     sized = nodes.new("ShaderNodeVectorMath")
     sized.operation = "SCALE"
     links.new(radii.outputs["Vector"], sized.inputs[0])
-    links.new(inp.outputs["Size"], sized.inputs["Scale"])
+    links.new(size, sized.inputs["Scale"])
     instance = nodes.new("GeometryNodeInstanceOnPoints")
     links.new(store_size.outputs["Geometry"], instance.inputs["Points"])
     links.new(sphere_material.outputs["Geometry"], instance.inputs["Instance"])
