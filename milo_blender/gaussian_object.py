@@ -59,13 +59,24 @@ def is_gaussian_object(obj) -> bool:
     return obj is not None and obj.type == "MESH" and all(n in obj.data.attributes for n in REQUIRED_ATTRIBUTES)
 
 
-def check_gaussian_object(obj) -> None:
+def check_gaussian_object(obj, values: bool = False) -> None:
+    """A clear error when `obj` lacks a 3DGS attribute or (`values`) holds a non-finite one, naming it."""
     if obj is None:
         raise MiloError("no Gaussian splat object given", hint="select the imported Gaussians")
     if not is_gaussian_object(obj):
         missing = [n for n in REQUIRED_ATTRIBUTES if obj.type != "MESH" or n not in obj.data.attributes]
         raise MiloError(f"'{obj.name}' is not a Gaussian splat object (it lacks {', '.join(missing[:4])}...)",
                         hint="select the Gaussians imported with File > Import > MILo Result / Gaussian Splats")
+    if values:
+        for name in ("position",) + REQUIRED_ATTRIBUTES:
+            data = read_positions(obj.data) if name == "position" else read_attribute(obj.data, name)
+            if data is None:
+                raise MiloError(f"'{obj.name}': the attribute '{name}' is not a float point attribute",
+                                hint="re-import the Gaussians (File > Import > MILo Result / Gaussian Splats)")
+            bad = int((~np.isfinite(data)).reshape(len(data), -1).any(axis=1).sum())
+            if bad:
+                raise MiloError(f"'{obj.name}': the attribute '{name}' is not finite (NaN or infinite) for {bad} "
+                                f"of {len(data)} splats", hint="re-import the Gaussians, or delete those splats")
 
 
 def read_colors(me: bpy.types.Mesh) -> SplatColors:

@@ -9,7 +9,7 @@ import numpy as np
 from milo_backend.errors import MiloError
 from milo_backend.data.camera import Camera
 
-from .. import addon, splat_binding
+from .. import addon, gaussian_object, splat_binding
 from ..core.camera_export import opencv_camera, write_cameras_json
 from ..core.job import Job
 from ..core.render_job import frame_inputs, render_steps
@@ -97,6 +97,13 @@ class MILO_OT_prepare_splat_render(bpy.types.Operator):
 
     def execute(self, context):
         scene = context.scene
+        for obj in scene.objects:  # the material reads these attributes; a broken one would render silently
+            if gaussian_object.is_gaussian_object(obj) or obj.get("milo_gaussians"):
+                try:
+                    gaussian_object.check_gaussian_object(obj, values=True)
+                except MiloError as exc:
+                    self.report({"ERROR"}, f"{exc.message} ({exc.hint})")
+                    return {"CANCELLED"}
         changed = []
         if scene.view_settings.view_transform != "Standard":
             changed.append(f"view transform {scene.view_settings.view_transform} -> Standard")

@@ -419,3 +419,23 @@ def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, sample
     assert backend.mean() > 0.05  # the splats fill a good part of the picture
     psnr = 10 * np.log10(1.0 / float(((blender - backend) ** 2).mean()))
     assert psnr > min_psnr, psnr
+
+
+def test_prepare_splat_render_names_a_broken_attribute(ext, tmp_path):
+    """The Blender render reads the splats' attributes in a material, where a broken one would render silently
+    wrong: preparing the scene names the object and the attribute instead."""
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    run = tmp_path / "broken"
+    run.mkdir()
+    write_splat_ply(run / "gaussians.ply", np.zeros((3, 3)), np.zeros((3, 1, 3)), np.zeros(3), np.zeros((3, 3)) - 2,
+                    np.tile([1.0, 0, 0, 0], (3, 1)))
+    assert bpy.ops.milo.import_result(directory=str(run)) == {"FINISHED"}
+    gauss = next(o for o in bpy.data.objects if o.get("milo_gaussians"))
+    assert bpy.ops.milo.prepare_splat_render() == {"FINISHED"}
+    gauss.data.attributes["opacity"].data[1].value = float("nan")
+    with pytest.raises(RuntimeError, match="'opacity' is not finite .* for 1 of 3 splats"):
+        bpy.ops.milo.prepare_splat_render()
+    gauss.data.attributes.remove(gauss.data.attributes["scale_1"])
+    with pytest.raises(RuntimeError, match="lacks scale_1"):
+        bpy.ops.milo.prepare_splat_render()
