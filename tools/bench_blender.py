@@ -12,6 +12,7 @@ Writes the "blender-deform" section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
+import resource
 import statistics
 import tempfile
 import time
@@ -104,7 +105,8 @@ def run(n_splats: int, subdivisions: int, frames: int) -> list[dict]:
                              "ms": 1000 * statistics.median(handler), "cpu ms": 1000 * statistics.median(handler_cpu),
                              "runs": frames})
             rows.append({"operation": f"display re-evaluation ({'ellipsoids' if ellipsoids else 'points'})",
-                         **common, "ms": 1000 * statistics.median(display), "cpu ms": "", "runs": frames})
+                         **common, "ms": 1000 * statistics.median(display), "cpu ms": "", "runs": frames,
+                         "peak RSS MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         splat_display.set_display(gauss, ellipsoids=True)
         depsgraph = bpy.context.evaluated_depsgraph_get()
         rig, vertices, _ = splat_binding.deformed_vertices(gauss, depsgraph)
@@ -138,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
             "frames of a shape-key animation; `ms` wall clock, `cpu ms` process CPU time (the machine is shared: "
             "CPU time is what an idle machine's wall clock would show; empty where only the wall clock is "
             "measured). Target: the live handler for 500k splats <= 100 ms per frame. Display: geometry nodes, "
-            "unrealised ico-sphere instances per splat (or points).", rows,
-            ["operation", "splats", "triangles", "ms", "cpu ms", "runs"], write=not args.no_write)
+            "unrealised ico-sphere instances per splat carrying the Gaussian material (or points). Peak RSS: the "
+            "process's peak resident memory up to that row (the scene, the binding and the display together).", rows,
+            ["operation", "splats", "triangles", "ms", "cpu ms", "runs", "peak RSS MB"], write=not args.no_write)
 
 
 if __name__ == "__main__":
