@@ -29,7 +29,7 @@ from milo_backend.events import NullReporter, Reporter
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.mesh_io import write_mesh_ply
 from milo_backend.mesh.raster import in_frustum
-from milo_backend.mesh.view_space import world_to_view
+from milo_backend.mesh.view_space import ray_plane_depth, world_to_view
 from milo_backend.mesh_phase import FUSION_TAU, MeshPhase, face_ids, project_points, surface_along_rays
 from milo_backend.previews import save_panel, to_uint8
 from milo_backend.render import render
@@ -48,8 +48,8 @@ NEIGHBOUR_ROUNDS = 8
 # 0.2% in the large pieces; they made most of the Chamfer distance. But a small object of its own (a
 # ring, a rod) is also a small piece: it is kept when it is the visible surface, on the Gaussians'
 # rendered depth (within SUPPORT_TAU x tau), in at least FRAGMENT_MIN_VIEWS of the training views.
-# Measured on the suite's `thin` scene (BENCHMARKS.md, "Small pieces: floaters or thin objects"): the
-# pieces on the true rods were supported in 9-13 of 42 views, the floaters in at most 4.
+# Measured on the suite's `thin` scene (BENCHMARKS.md, "Small pieces of the mesh"): 12 of the 15 pieces
+# on the true rods and ring were supported in 11-29 of 42 views, the pieces away from them mostly in 0-4.
 # `--keep-fragments` keeps every piece.
 FRAGMENT_FRACTION = 0.01
 FRAGMENT_MIN_VIEWS = 0.15  # share of the training views (at least 3)
@@ -285,26 +285,15 @@ def supported_views(verts: torch.Tensor, faces: torch.Tensor, piece: np.ndarray,
         if not bool(hit.any()):
             continue
         r, c = torch.nonzero(hit, as_tuple=True)
-        f = culled[ids[hit]]
-        z = pixel_plane_depth(world_to_view(verts, cam), f, r, c, cam)
+        corners = world_to_view(verts, cam)[culled[ids[hit]]]                        # (N,3,3)
+        ray = torch.stack([(c.to(verts) + 0.5 - cam.cx) / cam.fx, (r.to(verts) + 0.5 - cam.cy) / cam.fy,
+                           torch.ones_like(c, dtype=verts.dtype)], dim=1)           # pixel centres, z = 1
+        z = ray_plane_depth(corners, ray)
         gauss = depth_fn(cam).reshape(cam.height, cam.width).to(z)[r, c]
         on_surface = (gauss > 0) & ((z - gauss).abs() <= tol)
         seen = torch.unique(piece_t[rows[ids[hit]][on_surface]]).cpu().numpy()
         count[seen] += 1
     return count
-
-
-def pixel_plane_depth(v_cam: torch.Tensor, f: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                      cam: Camera) -> torch.Tensor:
-    """View-space depth where the ray through the centre of pixel (rows, cols) meets the plane of face
-    `f` (N,3); +inf where the ray grazes it."""
-    a, b, c = v_cam[f[:, 0]], v_cam[f[:, 1]], v_cam[f[:, 2]]
-    n = torch.cross(b - a, c - a, dim=1)
-    ray = torch.stack([(cols.to(a) + 0.5 - cam.cx) / cam.fx, (rows.to(a) + 0.5 - cam.cy) / cam.fy,
-                       torch.ones_like(a[:, 0])], dim=1)
-    denom = (n * ray).sum(1)
-    depth = (n * a).sum(1) / torch.where(denom == 0, torch.ones_like(denom), denom)
-    return torch.where(denom == 0, torch.full_like(depth, float("inf")), depth)
 
 
 def compact(verts: torch.Tensor, faces: torch.Tensor):

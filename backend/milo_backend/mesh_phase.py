@@ -40,7 +40,7 @@ from milo_backend.gaussians.model import GaussianModel
 from milo_backend.mesh import (PIVOTS_PER_GAUSSIAN, TetMesh, base_from_sdf, cull_to_frustum, delaunay,
                                initial_sdf, marching_tetrahedra, pivots, rasterize_mesh, reset_base,
                                sdf_from_base_shift, surface_gaussians)
-from milo_backend.mesh.view_space import project, world_to_view
+from milo_backend.mesh.view_space import project, ray_plane_depth, world_to_view
 from milo_backend.render import RenderOutput
 
 SDF_LR = 0.025
@@ -333,12 +333,8 @@ def surface_along_rays(points: torch.Tensor, verts: torch.Tensor, faces: torch.T
     hit = local >= 0
     face = torch.where(hit[:, None], f[local.clamp_min(0)], face)
     corners = world_to_view(verts[f[local.clamp_min(0)].reshape(-1)], camera).reshape(-1, 3, 3)
-    n = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
     ray = pc / torch.where(z > 0, z, torch.ones_like(z))[:, None]              # z = 1 along the ray
-    denom = (n * ray).sum(1)
-    graze = denom.abs() <= 1e-12 * n.norm(dim=1).clamp_min(1e-30)
-    depth = (n * corners[:, 0]).sum(1) / torch.where(graze, torch.ones_like(denom), denom)
-    surface = torch.where(hit & ~graze, depth, surface)
+    surface = torch.where(hit, ray_plane_depth(corners, ray), surface)
     return seen, z, surface, face
 
 

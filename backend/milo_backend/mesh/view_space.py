@@ -43,3 +43,13 @@ def gather_normals(v_cam: torch.Tensor, faces: torch.Tensor, face_ids: torch.Ten
     seen = face_ids[covered]
     out[covered] = face_normals(v_cam, faces[seen])
     return out
+
+
+def ray_plane_depth(corners: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+    """(N,) view-space depth where each ray (N,3), scaled to z = 1, meets the plane of its triangle
+    `corners` (N,3,3) in view space; +inf where the ray grazes the plane."""
+    n = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
+    denom = (n * ray).sum(1)
+    graze = denom.abs() <= 1e-12 * n.norm(dim=1).clamp_min(1e-30)
+    depth = (n * corners[:, 0]).sum(1) / torch.where(graze, torch.ones_like(denom), denom)
+    return torch.where(graze, torch.full_like(depth, float("inf")), depth)
