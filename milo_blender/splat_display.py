@@ -2,8 +2,8 @@
 Gaussian object.
 
 Each splat becomes an ellipsoid (an ico sphere instance, unrealised: instancing costs a fraction of realising)
-rotated by rot_*, with radii exp(scale_*) x Size (Size in standard deviations, 3 by default: the 3-sigma
-extent 3DGS renderers draw), carrying the Gaussian material (`gaussian_material`); or, the cheap mode for
+rotated by rot_*, with radii exp(scale_*) x Size (Size in standard deviations, 2 by default), carrying the
+Gaussian material (`gaussian_material`); or, the cheap mode for
 editing, a point of radius exp(max scale_*) x Size. Density shows a stable random fraction of the splats (the
 same ones on every frame, so the display does not flicker while they move). Splats that lost their face
 (attribute LOST_ATTRIBUTE) are hidden. The live deformation only rewrites the attributes this reads.
@@ -20,7 +20,10 @@ SIZE_ATTRIBUTE = "milo_size"      # Size, per splat, for the material's falloff
 LOCAL_ATTRIBUTE = "milo_local"    # position on the unit sphere of the instance, for the material
 INPUTS = ("Ellipsoids", "Density", "Size")       # the modifier's inputs, shown in the panel
 MESH_INPUT = "Bound Mesh"                         # set by binding, hidden from the modifier panel
-DEFAULT_SIZE = 3.0
+# 2 sigma, not the 3 that 3DGS rasterisers cover: the proxies are composited by their surface's depth, and
+# larger ones put more splats out of order. Against the backend's render: 27.3 dB at 2 against 24.3 at 3 on
+# the 40-splat test; on the sample scene (not tuned on) 26.3 against 24.1 dB, 3.4x faster in Cycles.
+DEFAULT_SIZE = 2.0
 
 
 def display_modifier(obj: bpy.types.Object) -> bpy.types.NodesModifier:

@@ -476,7 +476,7 @@ def test_import_of_a_run_binds_and_shows_ellipsoids(ext, tmp_path):
     instances = {tuple(np.round(np.array(i.matrix_world)[:3, 3], 5)): np.array(i.matrix_world)
                  for i in dg.object_instances if i.is_instance and i.parent and i.parent.original == gauss}
     assert len(instances) == 300
-    size = display.DEFAULT_SIZE                          # the Size input's default: 3 sigma, as 3DGS draws
+    size = display.DEFAULT_SIZE                          # the Size input's default (sigmas)
     quats = unit(splats["quats"].astype(np.float64))
     for k in range(0, 300, 37):
         m = instances[tuple(np.round(splats["means"][k], 5))]

@@ -370,12 +370,12 @@ def test_real_backend_reconstructs_the_sample_scene(ext, jobs, monkeypatch, tmp_
     assert np.dot(m[:3, :3] @ [0, 0, 1.0], [0, 0, 1.0]) > 0.95
 
 
-@pytest.mark.parametrize("engine,samples,min_psnr", [("CYCLES", 64, 22.0), ("BLENDER_EEVEE", 16, 20.0)])
+@pytest.mark.parametrize("engine,samples,min_psnr", [("CYCLES", 64, 23.0), ("BLENDER_EEVEE", 16, 23.0)])
 def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, samples, min_psnr):
     """40 overlapping Gaussians imported and rendered by Blender's own engines (Gaussian falloff,
-    3DGS opacity, colours at degree 0) against the backend's render of the same camera. Measured 24.3 dB
-    (Cycles, 64 samples) and 23.7 dB (EEVEE, 32 samples) at 48 px; Blender composites in linear light,
-    3DGS in sRGB, so overlapping translucent splats come out a little brighter."""
+    3DGS opacity, colours at degree 0) against the backend's render of the same camera. Measured here
+    25.9 dB (Cycles, 40 px) and 26.5 dB (EEVEE, 24 px); the uniform-opacity material before it 18.1 and
+    18.8 dB. Blender composites the splats by their proxies' depth, not their centres': not exact."""
     import torch
     from PIL import Image
     from milo_backend.data.camera import look_at
