@@ -38,7 +38,7 @@ def render_run(bpy, run: Path, size: int, engine: str, samples: int, views: int,
         if obj.type == "MESH" and obj is not gauss:
             obj.hide_render = True
     scene.render.engine = engine
-    scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"
+    assert bpy.ops.milo.prepare_splat_render() == {"FINISHED"}  # Standard view transform, bounces, samples
     scene.render.film_transparent = False
     scene.world = bpy.data.worlds.new("black")
     background = scene.world.node_tree.nodes.get("Background") if scene.world.node_tree else None
@@ -46,7 +46,6 @@ def render_run(bpy, run: Path, size: int, engine: str, samples: int, views: int,
         background.inputs["Color"].default_value = (0.0, 0.0, 0.0, 1.0)
     if engine == "CYCLES":
         scene.cycles.samples, scene.cycles.device, scene.cycles.use_denoising = samples, "CPU", False
-        scene.cycles.transparent_max_bounces = 256
     else:
         scene.eevee.taa_render_samples = samples
     cameras = read_cameras(run / "cameras.json")

@@ -157,16 +157,19 @@ def _undistorted_reconstruction(rec: pycolmap.Reconstruction, names: dict[str, s
     return out
 
 
-def _reconstruct(work: Path, staged_dir: Path, groups: list, names: list[str], options: SfmOptions, small: bool,
-                 reporter: Reporter, clock: "StageClock") -> pycolmap.Reconstruction | None:
+def _reconstruct(work: Path, staged_dir: Path, groups: list, names: list[str], n_photos: int, options: SfmOptions,
+                 small: bool, reporter: Reporter, clock: "StageClock") -> pycolmap.Reconstruction | None:
     """Features, matching and incremental mapping of the staged photos in `work`; the largest model, or
-    None. `small`: SIFT on 4x upsampled photos and the mapper's thresholds for few features."""
+    None. `small`: SIFT on 4x upsampled photos and the mapper's thresholds for few features. The features
+    bar continues the reading of all `n_photos` (reading is its first half)."""
     db_path, distorted_dir = work / "database.db", work / "distorted"
     n = len(names)
     if small:
         reporter.stage("sfm:features", "Detecting features on the photos upsampled 4x")
-    extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features", step0=n, total=2 * n,
-                     upsample=small)
+    extract_features(db_path, staged_dir, groups, options, reporter, "sfm:features", step0=n_photos,
+                     total=2 * n_photos, upsample=small)
+    if n < n_photos:  # photos skipped as unreadable: the bar still ends at 100%
+        reporter.progress("sfm:features", 2 * n_photos, 2 * n_photos)
     clock.lap("features")
     exhaustive = n <= options.exhaustive_max_images
     pairs = exhaustive_pairs(names) if exhaustive else sequential_pairs(names, options.sequential_overlap)
@@ -230,13 +233,14 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, reporter: Reporter | No
         groups = _camera_groups(kept, options.camera_model)
         names = [name for _, name in kept]
         longest = int(np.median([max(cam.width, cam.height) for cam, group in groups for _ in group]))
-        rec = _reconstruct(work / "sift2x", staged_dir, groups, names, options, False, reporter, clock)
+        rec = _reconstruct(work / "sift2x", staged_dir, groups, names, len(photos), options, False, reporter, clock)
         if small_photos(longest, options):
             # Decision: small photos are reconstructed twice, at SIFT's usual 2x and at 4x with lower inlier
             # thresholds; the model placing more photos wins, then the lower reprojection error. Neither
             # setting is right for every small photo (BENCHMARKS.md, "Structure from motion on small photos").
             reporter.log(f"the photos are small ({longest} px): trying SIFT on 4x upsampled photos as well")
-            fine = _reconstruct(work / "sift4x", staged_dir, groups, names, options, True, reporter, clock)
+            fine = _reconstruct(work / "sift4x", staged_dir, groups, names, len(photos), options, True, reporter,
+                                clock)
             if fine is not None and (rec is None or _model_rank(fine) > _model_rank(rec)):
                 rec = fine
         if rec is None:
