@@ -14,6 +14,7 @@ from pathlib import Path
 from milo_backend import __version__
 from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
+from milo_backend.remote.client import add_ray_options
 from milo_backend.run_folder import RunFolder
 
 
@@ -58,23 +59,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable JSON-lines events on stdout")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """The options of one reconstruction (train, and each scene of batch)."""
     from milo_backend.config import BASE_ITERATIONS, DEVICES, PRESETS, RENDERERS, SCENES
 
-    parser = Parser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
-    parser.add_argument("--version", action="version", version=f"milo-backend {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("sfm", help="structure from motion on a folder of photos -> COLMAP dataset")
-    p.add_argument("images", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--threads", type=_threads, default=-1,
-                   help="CPU threads (default all cores); 1 gives bit-identical results run after run")
-    _add_common(p)
-
-    p = sub.add_parser("train", help="train Gaussians on a dataset (COLMAP, transforms.json or photos)")
-    p.add_argument("data", type=Path, help="COLMAP dataset, transforms.json dataset or a folder of photos")
-    p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--preset", default="default", choices=list(PRESETS))
     p.add_argument("--scene", default="outdoor", choices=list(SCENES))
     p.add_argument("--iterations", type=POSITIVE_INT, default=BASE_ITERATIONS)
@@ -95,6 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-image appearance network in the L1 term (photos with varying exposure)")
     p.add_argument("--depth-prior", type=Path, default=None, metavar="PATH",
                    help="TorchScript monocular depth network for the depth-order prior (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from milo_backend.config import DEVICES, RENDERERS
+
+    parser = Parser(prog="milo-backend", description="MILo: photos -> Gaussians + mesh")
+    parser.add_argument("--version", action="version", version=f"milo-backend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sfm", help="structure from motion on a folder of photos -> COLMAP dataset")
+    p.add_argument("images", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--threads", type=_threads, default=-1,
+                   help="CPU threads (default all cores); 1 gives bit-identical results run after run")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train Gaussians on a dataset (COLMAP, transforms.json or photos)")
+    p.add_argument("data", type=Path, help="COLMAP dataset, transforms.json dataset or a folder of photos")
+    p.add_argument("out", type=Path, help="output folder")
+    _add_train_options(p)
+    add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("extract", help="final mesh of a trained run: OUT/mesh.ply + OUT/mesh_stats.json")
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "across, default 192): OUT/mesh_tsdf.ply")
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
+    add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("render", help="render a trained run (or a 3DGS PLY) from given cameras")
@@ -119,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--renderer", default="auto", choices=list(RENDERERS))
     p.add_argument("--white-background", action="store_true")
+    add_ray_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("batch", help="one reconstruction per photo folder or dataset, scheduled by Ray over a "
+                                     "cluster's GPUs and CPUs (or this computer's cores): a summary table in OUT")
+    p.add_argument("scenes", type=Path, nargs="+", help="photo folders or datasets, one reconstruction each")
+    p.add_argument("--out", type=Path, required=True, help="folder for the runs (one subfolder per scene)")
+    _add_train_options(p)
+    add_ray_options(p)
+    p.add_argument("--retries", type=NON_NEGATIVE_INT, default=2,
+                   help="new workers for a scene whose worker died, each from its last checkpoint")
     _add_common(p)
 
     p = sub.add_parser("eval", help="PSNR/SSIM on held-out views of a trained run, or with --gt the mesh "
@@ -159,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     cmd = args.command
+    if getattr(args, "ray", None) and cmd != "batch":  # the same command on a Ray cluster: its own exit code
+        from milo_backend.remote.client import run_on_ray
+
+        return run_on_ray(subcommand_parser(cmd), args, reporter)
+    if cmd == "batch":
+        from milo_backend.remote.batch import run_batch
+
+        return run_batch(args, subcommand_parser("train"), reporter)
     if cmd == "train":
         from milo_backend.config import TrainConfig
         from milo_backend.train import train
@@ -233,6 +262,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         run_benchmarks(args.what, args.out, reporter, device=args.device, fox=args.fox)
         reporter.done(benchmarks=str(args.out.resolve()))
     return 0
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
 
 
 def json_event_stream():
