@@ -20,7 +20,7 @@ setup() {
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   fi
-  if ! "$VENV/bin/python" -c "import milo_backend, pytest, pycolmap, plyfile, pytorch_msssim" 2>/dev/null \
+  if ! "$VENV/bin/python" -c "import milo_backend, pytest, pycolmap, plyfile, pytorch_msssim, ray" 2>/dev/null \
      || [ backend/pyproject.toml -nt "$VENV/.installed" ]; then
     "$VENV/bin/python" -m pip install -q -e "backend[test]"
     touch "$VENV/.installed"

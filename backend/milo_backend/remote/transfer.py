@@ -80,14 +80,19 @@ def map_json_bytes(data: bytes, fn: Callable[[Any], Any], lines: bool) -> bytes:
     """A JSON file (or JSON-lines text) with `fn` applied to its values; text that does not parse is kept."""
     def one(text: str) -> str:
         try:
-            return json.dumps(fn(json.loads(text)), ensure_ascii=False)
+            value = json.loads(text)
         except (json.JSONDecodeError, ValueError):
             return text
+        mapped = fn(value)
+        if mapped == value:  # untouched files stay byte for byte as written
+            return text
+        return json.dumps(mapped, ensure_ascii=False, indent=2 if "\n" in text.strip() else None) + (
+            "\n" if text.endswith("\n") else "")
     text = data.decode("utf-8", errors="surrogateescape")
     if lines:
         out = "\n".join(one(line) if line.strip() else line for line in text.split("\n"))
     else:
-        out = one(text) + ("\n" if text.endswith("\n") else "")
+        out = one(text)
     return out.encode("utf-8", errors="surrogateescape")
 
 
