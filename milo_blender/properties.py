@@ -28,6 +28,13 @@ class MILO_PG_settings(bpy.types.PropertyGroup):
     iterations: IntProperty(name="Iterations", default=BASE_ITERATIONS, min=10, soft_max=30_000)
     device: EnumProperty(name="Device", default="auto",
                          items=[(d, d.upper() if d != "auto" else "Auto", "") for d in DEVICES])
+    run_on: EnumProperty(name="Run on", default="LOCAL",
+                         items=[("LOCAL", "This computer", "Train here, in a backend process of this computer"),
+                                ("RAY", "Ray cluster", "Train on a Ray cluster (a workstation or cloud GPU): the photos "
+                                                       "are sent there and the results come back into Output")])
+    ray_address: StringProperty(name="Address", default="ray://127.0.0.1:10001",
+                                description="The cluster's Ray Client address, ray://HOST:PORT (port 10001 unless "
+                                            "the cluster chose another)")
     max_size: IntProperty(name="Max image size", default=0, min=0, subtype="PIXEL",
                           description="Longest image side used for training (0: the backend's default)")
     import_cameras: BoolProperty(name="Import cameras", default=True,

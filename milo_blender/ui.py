@@ -75,6 +75,9 @@ class MILO_PT_reconstruct(bpy.types.Panel):
         if settings.quality == "CUSTOM":
             col.prop(settings, "iterations")
         col.prop(settings, "device")
+        col.prop(settings, "run_on")
+        if settings.run_on == "RAY":
+            col.prop(settings, "ray_address")
         col.prop(settings, "max_size")
         col.prop(settings, "import_cameras")
         col.prop(settings, "bind_splats")

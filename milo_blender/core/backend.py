@@ -69,6 +69,7 @@ class TrainOptions:
     device: str = "auto"
     max_size: int = 0          # 0: the backend's default
     resume: bool = False
+    ray_address: str = ""      # "": this computer; else the Ray cluster that runs the job (ray://HOST:PORT)
 
     def args(self) -> list[str]:
         if self.preset not in PRESETS or self.scene not in SCENES or self.device not in DEVICES:
@@ -79,6 +80,8 @@ class TrainOptions:
             args += ["--max-size", str(int(self.max_size))]
         if self.resume:
             args.append("--resume")
+        if self.ray_address.strip():
+            args += ["--ray", self.ray_address.strip()]
         return args
 
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import bpy
 
+from milo_backend.errors import MiloError
+
 from .. import addon
 from ..core.backend import TrainOptions, train_command
 from ..core.job import Job, Step
@@ -16,6 +18,16 @@ def settings_paths(settings) -> tuple[Path, Path]:
     source = Path(bpy.path.abspath(settings.source)) if settings.source.strip() else Path("")
     output = Path(bpy.path.abspath(settings.output)) if settings.output.strip() else Path("")
     return source, output
+
+
+def ray_address(settings) -> str:
+    """The cluster to run on, or "" for this computer."""
+    if settings.run_on != "RAY":
+        return ""
+    if not settings.ray_address.strip():
+        raise MiloError("no Ray cluster address", hint="type the cluster's address (ray://HOST:10001) next to Run on, "
+                                                      "or choose This computer")
+    return settings.ray_address.strip()
 
 
 class MILO_OT_reconstruct(JobOperator, bpy.types.Operator):
@@ -38,7 +50,8 @@ class MILO_OT_reconstruct(JobOperator, bpy.types.Operator):
         python = addon.backend_python(context)
         options = TrainOptions(source=source, output=output, preset=settings.preset, scene=settings.scene,
                                iterations=settings.iteration_budget(), device=settings.device,
-                               max_size=settings.max_size, resume=self.resume)
+                               max_size=settings.max_size, resume=self.resume,
+                               ray_address=ray_address(settings))
         context.window_manager.milo_job.output = str(output)
         label = "Resuming" if self.resume else "Reconstructing"
         return Job([Step(train_command(python, options), label)], log_path=log_path)

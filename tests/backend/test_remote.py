@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from milo_backend.errors import MiloError
 from milo_backend.remote.client import Cluster, check_cluster, parse_address
+from milo_backend.remote.head import free_port, local_head
 from milo_backend.remote.transfer import FolderMirror, FolderWatcher, PathMap, Upload, pack, unpack
 
 ray = pytest.importorskip("ray")
@@ -102,39 +100,10 @@ def test_a_gpu_is_asked_for_only_where_the_cluster_has_one():
 
 
 # -- a real cluster on the loopback interface --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    """`ray start --head --block` on 127.0.0.1; the test stops it (SIGTERM ends the head and its workers)."""
-    temp = tempfile.mkdtemp(prefix="mray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, client = _free_port(), _free_port()
-    ray_exe = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen([str(ray_exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-                             "--port", str(gcs), "--ray-client-server-port", str(client), "--num-cpus", "2",
-                             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
-                             "--temp-dir", temp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", client), timeout=1).close()
-            break
-        except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray head did not start: {head.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-    yield f"ray://127.0.0.1:{client}"
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    with local_head(num_cpus=2) as address:
+        yield address
 
 
 def _run(*args, env=None, timeout=900):
@@ -269,7 +238,7 @@ def test_a_batch_finishes_the_good_scene_and_reports_the_broken_one(cluster, tin
 
 
 def test_an_unreachable_address_is_named_at_once(tmp_path, tiny_scene):
-    address = f"ray://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"ray://127.0.0.1:{free_port()}"  # nothing listens there
     code, events, _ = _run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
     assert code == 2
     assert address in events[-1]["message"] and "ray start --head" in events[-1]["hint"]

@@ -370,6 +370,40 @@ def test_real_backend_reconstructs_the_sample_scene(ext, jobs, monkeypatch, tmp_
     assert np.dot(m[:3, :3] @ [0, 0, 1.0], [0, 0, 1.0]) > 0.95
 
 
+def test_real_backend_reconstructs_on_a_ray_cluster(ext, jobs, monkeypatch, tmp_path):
+    """Run on: Ray cluster. The panel's job runs on a Ray head started here on 127.0.0.1; progress, the
+    preview and the import work as locally. An address where nothing listens is named in the panel."""
+    import subprocess
+
+    from milo_backend.remote.head import free_port, local_head
+    monkeypatch.setenv("MILO_BACKEND_PYTHON", sys.executable)
+    scene_dir = tmp_path / "sample scène"
+    subprocess.run([sys.executable, "-m", "milo_backend", "sample", str(scene_dir), "--views", "6", "--size", "32"],
+                   check=True, capture_output=True)
+    settings = configure(scene_dir, tmp_path / "nowhere", iterations=10)
+    settings.run_on, settings.ray_address = "RAY", f"ray://127.0.0.1:{free_port()}"
+    try:
+        with pytest.raises(RuntimeError, match="cannot reach the Ray cluster"):
+            bpy.ops.milo.reconstruct()
+        assert wm_job().status == "failed" and settings.ray_address in wm_job().message
+        with local_head(num_cpus=2) as address:
+            out = tmp_path / "ray run"
+            configure(scene_dir, out, iterations=10)
+            settings.ray_address = address
+            assert bpy.ops.milo.reconstruct() == {"FINISHED"}
+    finally:
+        settings.run_on = "LOCAL"
+    job = jobs.get("reconstruct")
+    assert list(job.steps[0].argv[-3:-1]) == ["--ray", address]
+    steps = [e["step"] for e in job.events if e["event"] == "progress" and e["stage"] == "train"]
+    assert steps and steps[-1] == 10
+    props = wm_job()
+    assert props.status == "done" and Path(props.preview_path).is_file()
+    assert Path(props.preview_path).resolve().is_relative_to(out.resolve())
+    gauss = bpy.data.objects[f"{out.name} Gaussians"]
+    assert len(gauss.data.vertices) == len(read_splat_ply(out / "gaussians.ply")["means"])
+
+
 @pytest.mark.parametrize("engine,samples,min_psnr", [("CYCLES", 64, 23.0), ("BLENDER_EEVEE", 16, 23.0)])
 def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, samples, min_psnr):
     """40 overlapping Gaussians imported and rendered by Blender's own engines (Gaussian falloff,

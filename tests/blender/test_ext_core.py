@@ -57,7 +57,9 @@ def test_train_command_is_an_argument_list():
                    "lowres", "--scene", "indoor", "--iterations", "500", "--device", "cpu", "--max-size", "800",
                    "--resume", "--json"]
     plain = backend.TrainOptions(source=Path("a"), output=Path("b")).args()
-    assert "--max-size" not in plain and "--resume" not in plain
+    assert "--max-size" not in plain and "--resume" not in plain and "--ray" not in plain
+    remote = backend.TrainOptions(source=Path("a"), output=Path("b"), ray_address=" ray://gpu-box:10001 ").args()
+    assert remote[-2:] == ["--ray", "ray://gpu-box:10001"]
     with pytest.raises(ValueError):
         backend.TrainOptions(source=Path("a"), output=Path("b"), preset="ultra").args()
     assert backend.PRESETS[2] == "default"  # the backend's own list
