@@ -223,6 +223,7 @@ def run_batch(args: argparse.Namespace, train_parser: argparse.ArgumentParser, r
             states.append(state)
             ns = copy.copy(args)
             ns.command, ns.data, ns.out = "train", scene, state.out
+            ns.resume = args.resume and RunFolder(state.out).holds_run  # --resume: continue those that started
             try:
                 spec: JobSpec = job_spec(train_parser, ns)
             except MiloError as exc:

@@ -30,6 +30,8 @@ CONNECT_TIMEOUT_S = 5.0   # an address that does not answer in this time is repo
 POLL_S = 0.25
 UPLOADS_IN_FLIGHT = 2     # chunks of the inputs held by the object store at a time
 RETRIES = 2               # new workers after a worker died, each from the last checkpoint
+CONNECT_ATTEMPTS = 2      # Ray Client once failed to start its server for a client ("Initialization failure
+                          # from server", after 40 s) on a head that served the next connection
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -74,23 +76,46 @@ def connect(address: str | None, runtime_env: dict | None = None, num_cpus: int 
         return ray
     common = dict(namespace="milo", runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=False)
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **common)
+        # loopback only: a batch on this computer opens no port on the network
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         return ray
     check_reachable(address)
-    try:
-        ray.init(address=address, **common)
-    except Exception as exc:  # noqa: BLE001 - Ray raises several types; each becomes one readable error
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "version" in str(exc).lower():
-            import platform
+    _send_token_if_any()
+    error: Exception | None = None
+    for _ in range(CONNECT_ATTEMPTS):
+        try:
+            ray.init(address=address, **common)
+            return ray
+        except Exception as exc:  # noqa: BLE001 - Ray raises several types; each becomes one readable error
+            error = exc
+            if "version" in str(exc).lower():
+                break
+            ray.shutdown()
+    text = " ".join(str(error).split())[:600] or type(error).__name__
+    if "authenticat" in text.lower():
+        raise MiloError(f"the Ray cluster at {address} refused this computer: {text}",
+                        hint="the cluster uses token authentication: copy the head's ~/.ray/auth_token to this "
+                             "computer's ~/.ray/auth_token (or set RAY_AUTH_TOKEN to it)")
+    if "version" in text.lower():
+        import platform
 
-            raise MiloError(f"version mismatch between this computer (Ray {ray.__version__}, Python "
-                            f"{platform.python_version()}) and the Ray cluster at {address}: {text}",
-                            hint="install the cluster's Ray and Python versions here (pip install ray==VERSION)") \
-                from None
-        raise MiloError(f"could not connect to the Ray cluster at {address}: {text}",
-                        hint="check that the address is the cluster's head (ray status on it prints it)") from None
-    return ray
+        raise MiloError(f"version mismatch between this computer (Ray {ray.__version__}, Python "
+                        f"{platform.python_version()}) and the Ray cluster at {address}: {text}",
+                        hint="install the cluster's Ray and Python versions here (pip install ray==VERSION)")
+    raise MiloError(f"could not connect to the Ray cluster at {address}: {text}",
+                    hint="check that the address is the cluster's head (ray status on it prints it)")
+
+
+def _send_token_if_any() -> None:
+    """Ray (2.52 on) heads require a token once one exists (~/.ray/auth_token, RAY_AUTH_TOKEN), and Ray Client
+    sends it only when this process is in token mode: the rule `ray start` itself applies (a head started
+    after a local `ray.init()` had written a token refused every connection without it)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # an older Ray: no authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _make_probe():
@@ -123,6 +148,8 @@ class Cluster:
             raise MiloError(f"--device cuda, but the Ray cluster at {self.address} has no GPU",
                             hint="use --device auto (GPU when there is one) or cpu, or add a GPU node")
         gpu = device in ("auto", "cuda") and self.has_gpu
+        if cpus is not None and cpus < 1:
+            raise MiloError(f"--ray-cpus {cpus} cannot run a job", hint="give 1 or more CPUs per job")
         if cpus is None:
             cpus = default_cpus
         if cpus is None:

@@ -46,8 +46,10 @@ def local_head(num_cpus: int = 2, start_timeout: float = 300) -> Iterator[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a clean stop takes half a minute here: the rest is not needed
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # and whatever of the group is left (workers)
+        head.wait()
         shutil.rmtree(temp, ignore_errors=True)

@@ -26,6 +26,11 @@ PART_SUFFIX = ".milo-part"    # a file on its way here
 NEVER_SENT = (LOCK_NAME,)     # the worker's own lock stays there; this computer holds its own
 
 
+def _skipped(name: str) -> bool:
+    """Files never sent: the run's lock, and files being written (ours, and atomic_path's `.NAME.x.tmp.EXT`)."""
+    return name in NEVER_SENT or name.endswith(PART_SUFFIX) or (name.startswith(".") and ".tmp" in name)
+
+
 # -- paths named inside files and events --------------------------------------------------------------
 @dataclass(frozen=True)
 class PathMap:
@@ -141,7 +146,7 @@ def _files(upload: Upload) -> Iterable[tuple[Path, str]]:
         dirnames.sort()
         for name in sorted(filenames):
             path = here / name
-            if name in NEVER_SENT or name.endswith(PART_SUFFIX) or (here == root and name in upload.skip):
+            if _skipped(name) or (here == root and name in upload.skip):
                 continue
             if upload.only is not None and str(path.resolve()) not in upload.only:
                 continue
@@ -203,15 +208,17 @@ class FolderWatcher:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for name in sorted(filenames):
-                if name in NEVER_SENT or name.endswith(PART_SUFFIX):
+                if _skipped(name):
                     continue
                 path = Path(dirpath) / name
                 yield path.relative_to(self.root).as_posix(), path
 
     def changes(self, budget: int = CHUNK_BYTES) -> tuple[list[dict], bool]:
-        """Pieces of changed files, at most about `budget` bytes; and whether more is waiting."""
-        pieces, more = [], False
+        """Pieces of changed files, at most about `budget` bytes, and files removed since (`deleted`); and
+        whether more is waiting."""
+        pieces, more, seen = [], False, set()
         for rel, path in self._scan():
+            seen.add(rel)
             try:
                 st = path.stat()
             except FileNotFoundError:  # replaced or removed between the listing and now
@@ -244,6 +251,11 @@ class FolderWatcher:
             self.sent[rel] = (key, end)
             budget -= len(data)
             more = more or not final
+        if not more:  # the listing was complete: what is not there any more was removed (or renamed)
+            for rel in [r for r in self.sent if r not in seen]:
+                del self.sent[rel]
+                pieces.append({"path": rel, "offset": 0, "data": b"", "final": True, "append": False,
+                               "deleted": True})
         return pieces, more
 
 
@@ -259,6 +271,10 @@ class FolderMirror:
         dest = (self.root / rel).resolve()
         if not _inside(str(dest), str(self.root.resolve())):
             raise ValueError(f"the worker sent a path outside the output folder: {rel!r}")
+        if piece.get("deleted"):
+            dest.unlink(missing_ok=True)
+            dest.with_name(dest.name + PART_SUFFIX).unlink(missing_ok=True)
+            return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         data = piece["data"]
         if piece["append"]:
