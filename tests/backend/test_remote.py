@@ -176,43 +176,48 @@ def _read_until(proc, events: list[dict], predicate) -> dict:
     raise AssertionError(f"the run ended first: {events[-5:]}")
 
 
-def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cluster, tiny_scene, tmp_path):
-    out = tmp_path / "run"
-    proc = _start("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh", "--ray", cluster)
+def _interrupted(args, act, timeout=900) -> tuple[int, list[dict], str]:
+    """Run the CLI; `act(proc, events)` reads events until its moment and does its deed; then to the end."""
+    proc = _start(*args)
     events: list[dict] = []
     try:
-        worker = _read_until(proc, events, lambda e: "worker_pid" in e)["worker_pid"]
-        _read_until(proc, events, lambda e: e["event"] == "progress" and e["stage"] == "train"
-                    and (out / "checkpoints" / "latest.pt").is_file())
-        killed_at = events[-1]["step"]
-        os.kill(worker, signal.SIGKILL)
-        rest, err = proc.communicate(timeout=900)
+        act(proc, events)
+        rest, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-    events += parse_events(rest)
-    assert proc.returncode == 0, err
+    return proc.returncode, events + parse_events(rest), err
+
+
+def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cluster, tiny_scene, tmp_path):
+    out = tmp_path / "run"
+    killed = []
+
+    def kill_the_worker(proc, events):
+        worker = _read_until(proc, events, lambda e: "worker_pid" in e)["worker_pid"]
+        _read_until(proc, events, lambda e: e["event"] == "progress" and e["stage"] == "train"
+                    and (out / "checkpoints" / "latest.pt").is_file())
+        killed.append(events[-1]["step"])
+        os.kill(worker, signal.SIGKILL)
+    code, events, err = _interrupted(("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh",
+                                      "--ray", cluster), kill_the_worker)
+    assert code == 0, err
     after = events[events.index(next(e for e in events if e["event"] == "warning" and "died" in e["message"])):]
     assert "from the last checkpoint" in after[0]["message"]
     steps = [e["step"] for e in after if e["event"] == "progress" and e["stage"] == "train"]
-    assert steps and 0 < steps[0] <= killed_at + 60 and steps[-1] == 600  # continued, not started over
+    assert steps and 0 < steps[0] <= killed[0] + 60 and steps[-1] == 600  # continued, not started over
     assert (out / "gaussians.ply").is_file() and after[-1]["event"] == "done"
 
 
 def test_cancel_stops_the_remote_job_after_a_checkpoint_and_resume_continues(cluster, tiny_scene, tmp_path):
     out = tmp_path / "run"
     args = ("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh", "--ray", cluster)
-    proc = _start(*args)
-    events: list[dict] = []
-    try:
+
+    def cancel(proc, events):
         _read_until(proc, events, lambda e: e["event"] == "progress" and e["stage"] == "train" and e["step"] >= 20)
         proc.send_signal(signal.SIGTERM)
-        rest, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    events += parse_events(rest)
-    assert proc.returncode == 130, err
+    code, events, err = _interrupted(args, cancel)
+    assert code == 130, err
     cancelled = [e for e in events if e["event"] == "cancelled"]
     assert cancelled and Path(cancelled[0]["checkpoint"]).is_file()
     assert Path(cancelled[0]["checkpoint"]).resolve().is_relative_to(out.resolve())
@@ -254,6 +259,14 @@ def test_an_unreachable_address_is_named_at_once(tmp_path, tiny_scene):
     code, events, _ = _run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
     assert code == 2
     assert address in events[-1]["message"] and "ray start --head" in events[-1]["hint"]
+    # a port that accepts connections but is no Ray Client server (Ray itself would retry for ~35 s)
+    import socket
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"ray://127.0.0.1:{silent.getsockname()[1]}"
+        code, events, _ = _run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
+    assert code == 2 and f"cannot reach the Ray cluster at {address}" in events[-1]["message"]
 
 
 def test_a_cluster_without_the_backend_or_with_another_version_is_named(cluster):

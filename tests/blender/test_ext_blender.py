@@ -371,8 +371,8 @@ def test_real_backend_reconstructs_the_sample_scene(ext, jobs, monkeypatch, tmp_
 
 
 def test_real_backend_reconstructs_on_a_ray_cluster(ext, jobs, monkeypatch, tmp_path):
-    """Run on: Ray cluster. The panel's job runs on a Ray head started here on 127.0.0.1; progress, the
-    preview and the import work as locally. An address where nothing listens is named in the panel."""
+    """Run on: Ray cluster. The panel's job runs on a Ray head started here on 127.0.0.1; progress, Cancel,
+    Resume, the preview and the import work as locally. An address where nothing listens is named."""
     import subprocess
 
     from milo_backend.remote.head import free_port, local_head
@@ -388,15 +388,32 @@ def test_real_backend_reconstructs_on_a_ray_cluster(ext, jobs, monkeypatch, tmp_
         assert wm_job().status == "failed" and settings.ray_address in wm_job().message
         with local_head(num_cpus=2) as address:
             out = tmp_path / "ray run"
-            configure(scene_dir, out, iterations=10)
+            configure(scene_dir, out, iterations=300)
             settings.ray_address = address
-            assert bpy.ops.milo.reconstruct() == {"FINISHED"}
+
+            def press_cancel():  # the Cancel button, once training runs on the cluster
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    job = jobs.running("reconstruct")
+                    if job is not None and job.state.stage == "train" and job.state.step >= 3:
+                        job.cancel()
+                        return
+                    time.sleep(0.05)
+            t = threading.Thread(target=press_cancel)
+            t.start()
+            assert bpy.ops.milo.reconstruct() == {"CANCELLED"}
+            t.join()
+            job = jobs.get("reconstruct")
+            assert job.state.returncode == 130 and wm_job().status == "cancelled"
+            assert Path(job.state.checkpoint).is_file() and Path(job.state.checkpoint).resolve().is_relative_to(
+                out.resolve())
+            assert bpy.ops.milo.reconstruct(resume=True) == {"FINISHED"}
     finally:
         settings.run_on = "LOCAL"
     job = jobs.get("reconstruct")
-    assert list(job.steps[0].argv[-3:-1]) == ["--ray", address]
+    assert list(job.steps[0].argv[-4:-1]) == ["--resume", "--ray", address]
     steps = [e["step"] for e in job.events if e["event"] == "progress" and e["stage"] == "train"]
-    assert steps and steps[-1] == 10
+    assert steps and steps[0] > 3 and steps[-1] == 300  # continued from the checkpoint
     props = wm_job()
     assert props.status == "done" and Path(props.preview_path).is_file()
     assert Path(props.preview_path).resolve().is_relative_to(out.resolve())

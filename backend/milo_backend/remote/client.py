@@ -30,8 +30,8 @@ CONNECT_TIMEOUT_S = 5.0   # an address that does not answer in this time is repo
 POLL_S = 0.25
 UPLOADS_IN_FLIGHT = 2     # chunks of the inputs held by the object store at a time
 RETRIES = 2               # new workers after a worker died, each from the last checkpoint
-CONNECT_ATTEMPTS = 2      # Ray Client once failed to start its server for a client ("Initialization failure
-                          # from server", after 40 s) on a head that served the next connection
+CONNECT_ATTEMPTS = 3      # Ray Client's head sometimes fails to start its per-client server ("Initialization
+                          # failure from server": a race in Ray's proxier, seen twice here); the next try works
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -59,6 +59,34 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise MiloError(f"cannot reach the Ray cluster at {address} ({reason})",
                         hint="check the address and port; start a cluster there with `ray start --head` "
                              "(Ray Client listens on port 10001: ray://HOST:10001)") from None
+    if address.startswith("ray://"):
+        _ping_ray_client(address, *target, timeout=timeout)
+
+
+def _ping_ray_client(address: str, host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Ask the Ray Client server at `address` for a ping: an open port is not yet a cluster (a proxy or
+    another service answers too, and Ray Client would then retry for half a minute)."""
+    try:
+        import grpc
+        import ray.core.generated.ray_client_pb2 as pb
+        import ray.core.generated.ray_client_pb2_grpc as pb_grpc
+    except ImportError:  # a Ray without these modules: ray.init will tell
+        return
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        pb_grpc.RayletDriverStub(channel).ClusterInfo(pb.ClusterInfoRequest(type=pb.ClusterInfoType.PING),
+                                                      timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:  # a Ray head that wants its token: connect() sends it
+            return
+        reason = "no answer" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+            else f"something answers there, but not a Ray Client server: {exc.details()}"
+        raise MiloError(f"cannot reach the Ray cluster at {address} ({reason})",
+                        hint="check the address and port: Ray Client listens on the head's port 10001 unless "
+                             "`ray start --head --ray-client-server-port` chose another") from None
+    finally:
+        channel.close()
 
 
 def import_ray():
@@ -88,9 +116,10 @@ def connect(address: str | None, runtime_env: dict | None = None, num_cpus: int 
             return ray
         except Exception as exc:  # noqa: BLE001 - Ray raises several types; each becomes one readable error
             error = exc
-            if "version" in str(exc).lower():
+            if "version" in str(exc).lower() or "authenticat" in str(exc).lower():
                 break
             ray.shutdown()
+            time.sleep(2.0)
     text = " ".join(str(error).split())[:600] or type(error).__name__
     if "authenticat" in text.lower():
         raise MiloError(f"the Ray cluster at {address} refused this computer: {text}",
