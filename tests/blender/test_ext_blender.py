@@ -54,6 +54,28 @@ def configure(source, output, iterations=20):
     return s
 
 
+def reconstruct_and_cancel(jobs, when, timeout: float) -> set:
+    """Reconstruct, pressing Cancel (what the button / ESC does, from outside the blocking loop) once the
+    job's state satisfies `when`; the operator's result."""
+    ended = threading.Event()
+
+    def press_cancel():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ended.is_set():
+            job = jobs.running("reconstruct")
+            if job is not None and when(job.state):
+                job.cancel()
+                return
+            time.sleep(0.02)
+    t = threading.Thread(target=press_cancel)
+    t.start()
+    try:
+        return bpy.ops.milo.reconstruct()
+    finally:
+        ended.set()
+        t.join()
+
+
 def wm_job():
     return bpy.context.window_manager.milo_job
 
@@ -230,19 +252,7 @@ def test_cancel_keeps_the_checkpoint(ext, jobs, fake_backend, monkeypatch, photo
     configure(photos, out, iterations=2000)
     monkeypatch.setenv("MILO_FAKE_STEP_S", "0.02")
 
-    def press_cancel():  # what the Cancel button / ESC does, from "outside" the blocking loop
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            job = jobs.running("reconstruct")
-            if job is not None and job.state.step >= 3:
-                job.cancel()
-                return
-            time.sleep(0.02)
-
-    t = threading.Thread(target=press_cancel)
-    t.start()
-    assert bpy.ops.milo.reconstruct() == {"CANCELLED"}
-    t.join()
+    assert reconstruct_and_cancel(jobs, lambda state: state.step >= 3, timeout=30) == {"CANCELLED"}
     job = jobs.get("reconstruct")
     assert job.state.returncode == 130 and wm_job().status == "cancelled"
     assert Path(job.state.checkpoint).is_file() and "resume" in wm_job().hint.lower()
@@ -391,18 +401,10 @@ def test_real_backend_reconstructs_on_a_ray_cluster(ext, jobs, monkeypatch, tmp_
             configure(scene_dir, out, iterations=300)
             settings.ray_address = address
 
-            def press_cancel():  # the Cancel button, once training runs on the cluster
-                deadline = time.monotonic() + 600
-                while time.monotonic() < deadline:
-                    job = jobs.running("reconstruct")
-                    if job is not None and job.state.stage == "train" and job.state.step >= 3:
-                        job.cancel()
-                        return
-                    time.sleep(0.05)
-            t = threading.Thread(target=press_cancel)
-            t.start()
-            assert bpy.ops.milo.reconstruct() == {"CANCELLED"}
-            t.join()
+            # Cancel once training runs on the cluster
+            cancelled = reconstruct_and_cancel(jobs, lambda state: state.stage == "train" and state.step >= 3,
+                                               timeout=600)
+            assert cancelled == {"CANCELLED"}
             job = jobs.get("reconstruct")
             assert job.state.returncode == 130 and wm_job().status == "cancelled"
             assert Path(job.state.checkpoint).is_file() and Path(job.state.checkpoint).resolve().is_relative_to(
