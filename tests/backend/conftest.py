@@ -60,9 +60,11 @@ def parse_events(stdout: str) -> list[dict]:
     return events
 
 
-def run_cli(*args, timeout: float = 600, check_json: bool = True) -> tuple[int, list[dict], str]:
-    """Run `python -m milo_backend ARGS --json`; returns (exit code, events, stderr)."""
+def run_cli(*args, timeout: float = 600, check_json: bool = True,
+            env: dict | None = None) -> tuple[int, list[dict], str]:
+    """Run `python -m milo_backend ARGS --json` (with `env` added to the environment); returns (exit code,
+    events, stderr)."""
     proc = subprocess.run([sys.executable, "-m", "milo_backend", *map(str, args), "--json"],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     return proc.returncode, parse_events(proc.stdout) if check_json else [], proc.stderr

@@ -19,12 +19,6 @@ from milo_backend.remote.transfer import FolderMirror, FolderWatcher, PathMap, U
 ray = pytest.importorskip("ray")
 
 
-def parse_events(stdout: str) -> list[dict]:
-    events = [json.loads(line) for line in stdout.splitlines()]
-    assert all("event" in e and e["v"] == 1 for e in events)
-    return events
-
-
 # -- the transfer layer, no Ray ---------------------------------------------------------------------
 def test_inputs_pass_in_small_chunks_and_unpack_whole(tmp_path):
     """Photos larger than the object store pass a bounded chunk at a time; names with spaces and accents
@@ -115,12 +109,6 @@ def cluster():
         yield address
 
 
-def _run(*args, env=None, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "milo_backend", *map(str, args), "--json"], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    return proc.returncode, parse_events(proc.stdout), proc.stderr
-
-
 def _shape(events: list[dict]) -> list[tuple]:
     """What a user sees of a run, without the lines that say where it ran (and without the progress events,
     which are paced by the clock)."""
@@ -128,15 +116,15 @@ def _shape(events: list[dict]) -> list[tuple]:
             if e["event"] not in ("log", "progress") and e.get("stage") != "ray"]
 
 
-def test_a_remote_run_gives_the_local_outputs(cluster, tiny_scene, tmp_path):
+def test_a_remote_run_gives_the_local_outputs(cli, cluster, tiny_scene, tmp_path):
     """train, render and extract with --ray write the same files as locally (bit for bit at one thread),
     with the same events, whose paths name this computer's folders."""
     one = {"OMP_NUM_THREADS": "1"}
     local, remote = tmp_path / "local", tmp_path / "remote run"
     common = ("--iterations", 40, "--device", "cpu", "--eval")
-    code, local_events, err = _run("train", tiny_scene, local, *common, env=one)
+    code, local_events, err = cli.run("train", tiny_scene, local, *common, env=one)
     assert code == 0, err
-    code, events, err = _run("train", tiny_scene, remote, *common, "--ray", cluster, "--ray-cpus", 1)
+    code, events, err = cli.run("train", tiny_scene, remote, *common, "--ray", cluster, "--ray-cpus", 1)
     assert code == 0, err
     assert _shape(events) == _shape(local_events)
     for name in ("gaussians.ply", "mesh.ply", "mesh_stats.json"):
@@ -147,16 +135,17 @@ def test_a_remote_run_gives_the_local_outputs(cluster, tiny_scene, tmp_path):
     assert all(Path(c["image_path"]).is_file() for c in cams)
     assert "milo-job-" not in (remote / "log.jsonl").read_text()
 
-    code, events, err = _run("render", remote, "--cameras", remote / "cameras.json", "--out", tmp_path / "frames",
+    code, events, err = cli.run("render", remote, "--cameras", remote / "cameras.json", "--out", tmp_path / "frames",
                              "--device", "cpu", "--ray", cluster)
     assert code == 0, err
-    code, _, err = _run("render", local, "--cameras", local / "cameras.json", "--out", tmp_path / "frames local",
+    code, _, err = cli.run("render", local, "--cameras", local / "cameras.json", "--out", tmp_path / "frames local",
                         "--device", "cpu", env=one)
     assert code == 0, err
     frames = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert len(frames) == len(cams) and frames == sorted(p.name for p in (tmp_path / "frames local").iterdir())
 
-    code, events, err = _run("extract", remote, "--iterations", 2, "--device", "cpu", "--ray", cluster, "--ray-cpus", 1)
+    code, events, err = cli.run("extract", remote, "--iterations", 2, "--device", "cpu", "--ray", cluster,
+                                "--ray-cpus", 1)
     assert code == 0, err
     done = [e for e in events if e["event"] == "done"][0]["outputs"]
     assert Path(done["mesh"]).resolve() == (remote / "mesh.ply").resolve() and (remote / "mesh.ply").is_file()
@@ -176,7 +165,7 @@ def _read_until(proc, events: list[dict], predicate) -> dict:
     raise AssertionError(f"the run ended first: {events[-5:]}")
 
 
-def _interrupted(args, act, timeout=900) -> tuple[int, list[dict], str]:
+def _interrupted(cli, args, act, timeout=900) -> tuple[int, list[dict], str]:
     """Run the CLI; `act(proc, events)` reads events until its moment and does its deed; then to the end."""
     proc = _start(*args)
     events: list[dict] = []
@@ -186,10 +175,10 @@ def _interrupted(args, act, timeout=900) -> tuple[int, list[dict], str]:
     finally:
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, events + parse_events(rest), err
+    return proc.returncode, events + cli.parse(rest), err
 
 
-def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cluster, tiny_scene, tmp_path):
+def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cli, cluster, tiny_scene, tmp_path):
     out = tmp_path / "run"
     killed = []
 
@@ -199,8 +188,8 @@ def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cluster, 
                     and (out / "checkpoints" / "latest.pt").is_file())
         killed.append(events[-1]["step"])
         os.kill(worker, signal.SIGKILL)
-    code, events, err = _interrupted(("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh",
-                                      "--ray", cluster), kill_the_worker)
+    args = ("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh", "--ray", cluster)
+    code, events, err = _interrupted(cli, args, kill_the_worker)
     assert code == 0, err
     after = events[events.index(next(e for e in events if e["event"] == "warning" and "died" in e["message"])):]
     assert "from the last checkpoint" in after[0]["message"]
@@ -209,33 +198,33 @@ def test_a_killed_worker_is_replaced_and_continues_from_the_checkpoint(cluster, 
     assert (out / "gaussians.ply").is_file() and after[-1]["event"] == "done"
 
 
-def test_cancel_stops_the_remote_job_after_a_checkpoint_and_resume_continues(cluster, tiny_scene, tmp_path):
+def test_cancel_stops_the_remote_job_after_a_checkpoint_and_resume_continues(cli, cluster, tiny_scene, tmp_path):
     out = tmp_path / "run"
     args = ("train", tiny_scene, out, "--iterations", 600, "--device", "cpu", "--no-mesh", "--ray", cluster)
 
     def cancel(proc, events):
         _read_until(proc, events, lambda e: e["event"] == "progress" and e["stage"] == "train" and e["step"] >= 20)
         proc.send_signal(signal.SIGTERM)
-    code, events, err = _interrupted(args, cancel)
+    code, events, err = _interrupted(cli, args, cancel)
     assert code == 130, err
     cancelled = [e for e in events if e["event"] == "cancelled"]
     assert cancelled and Path(cancelled[0]["checkpoint"]).is_file()
     assert Path(cancelled[0]["checkpoint"]).resolve().is_relative_to(out.resolve())
     stopped = max(e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train")
-    code, events, err = _run(*args, "--resume")
+    code, events, err = cli.run(*args, "--resume")
     assert code == 0, err
     steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "train"]
     assert steps[0] >= stopped and steps[-1] == 600
 
 
-def test_a_batch_finishes_the_good_scene_and_reports_the_broken_one(tiny_scene, tmp_path):
+def test_a_batch_finishes_the_good_scene_and_reports_the_broken_one(cli, tiny_scene, tmp_path):
     """Without --ray the batch starts its own Ray instance on this computer (loopback only)."""
     broken = tmp_path / "broken scene"
     broken.mkdir()
     (broken / "notes.txt").write_text("no photos here")
     out = tmp_path / "batch"
     # a new local Ray instance writes an authentication token into ~/.ray: a home of the test's own
-    code, events, err = _run("batch", tiny_scene, broken, "--out", out, "--iterations", 30, "--device", "cpu",
+    code, events, err = cli.run("batch", tiny_scene, broken, "--out", out, "--iterations", 30, "--device", "cpu",
                              "--eval", env={"HOME": str(tmp_path / "home")})
     assert code == 2, err
     summary = json.loads((out / "batch_summary.json").read_text())
@@ -254,9 +243,9 @@ def test_a_batch_finishes_the_good_scene_and_reports_the_broken_one(tiny_scene, 
     assert "a local Ray instance" in events[0]["message"]
 
 
-def test_an_unreachable_address_is_named_at_once(tmp_path, tiny_scene):
+def test_an_unreachable_address_is_named_at_once(cli, tmp_path, tiny_scene):
     address = f"ray://127.0.0.1:{free_port()}"  # nothing listens there
-    code, events, _ = _run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
+    code, events, _ = cli.run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
     assert code == 2
     assert address in events[-1]["message"] and "ray start --head" in events[-1]["hint"]
     # a port that accepts connections but is no Ray Client server (Ray itself would retry for ~35 s)
@@ -265,7 +254,7 @@ def test_an_unreachable_address_is_named_at_once(tmp_path, tiny_scene):
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         address = f"ray://127.0.0.1:{silent.getsockname()[1]}"
-        code, events, _ = _run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
+        code, events, _ = cli.run("train", tiny_scene, tmp_path / "out", "--ray", address, timeout=120)
     assert code == 2 and f"cannot reach the Ray cluster at {address}" in events[-1]["message"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import threading
 import time
 import traceback
@@ -101,8 +102,6 @@ def _ply_vertex_count(path: Path) -> int | None:
 
 
 def summary_row(state: SceneState) -> dict:
-    import json
-
     run = RunFolder(state.out)
 
     def read(path: Path) -> dict:

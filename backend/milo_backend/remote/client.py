@@ -21,7 +21,7 @@ from typing import Callable
 
 from milo_backend import __version__
 from milo_backend.errors import MiloError
-from milo_backend.remote.transfer import FolderMirror, PathMap, Upload, pack
+from milo_backend.remote.transfer import FolderMirror, PathMap, Upload, is_inside, pack
 from milo_backend.remote.worker import ROOT_TOKEN, BackendJob
 from milo_backend.run_folder import RunFolder
 
@@ -157,7 +157,7 @@ def _make_probe():
             version, error = getattr(importlib.import_module(module), "__version__", "unknown"), None
         except Exception as exc:  # noqa: BLE001
             version, error = None, f"{type(exc).__name__}: {exc}"
-        return {"version": version, "error": error, "python": platform.python_version(), "host": platform.node()}
+        return {"version": version, "error": error, "host": platform.node()}
     return probe
 
 
@@ -310,15 +310,13 @@ class RemoteRun:
                 pass
             ray.kill(actor)
 
-    def _call(self, ref, timeout: float | None = None):
+    def _call(self, ref):
         from ray.exceptions import GetTimeoutError
 
         while True:  # wait in slices, so that a cancel while the job is queued is seen
             try:
-                return self.ray.get(ref, timeout=1.0 if timeout is None else timeout)
+                return self.ray.get(ref, timeout=1.0)
             except GetTimeoutError:
-                if timeout is not None:
-                    raise
                 if self.force_stop or (self.cancel_requested and not self._started):
                     raise WorkerDied("cancelled while waiting") from None
 
@@ -376,8 +374,8 @@ class RemoteRun:
 
 
 # -- the CLI's `--ray` ----------------------------------------------------------------------------
-def add_ray_options(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--ray", metavar="ADDRESS", default=None, required=required,
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run on a Ray cluster: ray://HOST:10001 (Ray Client), HOST:6379 on a cluster node, or auto")
     p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
                    help="CPUs per job on the cluster (default: one node's, or its share per GPU)")
@@ -421,17 +419,16 @@ def command_line(sub: argparse.ArgumentParser, args: argparse.Namespace, replace
 
 def _external_images(run: Path) -> dict[Path, set[str]]:
     """Folders outside `run` holding the images its cameras.json names (extract reads them)."""
-    from milo_backend.remote.transfer import _inside
-
     try:
         cams = json.loads(RunFolder(run).cameras.read_text(encoding="utf-8"))["cameras"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # the backend reports a missing or broken cameras.json itself
     folders: dict[Path, set[str]] = {}
     for cam in cams:
-        image = cam.get("image_path")
-        if image and not _inside(os.path.abspath(image), str(run.resolve())) and Path(image).is_file():
-            path = Path(os.path.abspath(image))
+        if not cam.get("image_path"):
+            continue
+        path = Path(os.path.abspath(cam["image_path"]))
+        if not is_inside(str(path), str(run.resolve())) and path.is_file():
             folders.setdefault(path.parent, set()).add(str(path.resolve()))
     return folders
 
@@ -446,20 +443,19 @@ def job_spec(sub: argparse.ArgumentParser, args: argparse.Namespace) -> JobSpec:
                             path=path)
         return path
 
-    def existing_out(out: Path, skip=()) -> Callable[[], list[Upload]]:
-        return lambda: [Upload(out, "out", skip=skip)] if out.is_dir() else []
-
     if cmd == "train":
         data = must_exist(args.data, "dataset or photos folder")
-        folders = {f"in0/{data.name or 'data'}": data, "out": args.out}
-        replace = {"data": f"{ROOT_TOKEN}/in0/{data.name or 'data'}", "out": f"{ROOT_TOKEN}/out"}
+        arc = f"in0/{data.name or 'data'}"
+        folders = {arc: data, "out": args.out}
+        replace = {"data": f"{ROOT_TOKEN}/{arc}", "out": f"{ROOT_TOKEN}/out"}
         extra = []
         if args.depth_prior is not None:
             prior = must_exist(args.depth_prior, "depth prior network")
             folders[f"in1/{prior.name}"] = prior
             replace["depth_prior"] = f"{ROOT_TOKEN}/in1/{prior.name}"
             extra.append(Upload(prior, f"in1/{prior.name}"))
-        uploads = lambda: [Upload(data, f"in0/{data.name or 'data'}"), *extra, *existing_out(args.out)()]  # noqa: E731
+        def uploads() -> list[Upload]:  # per attempt: the run folder as it is now (a new worker resumes from it)
+            return [Upload(data, arc), *extra, *([Upload(args.out, "out")] if args.out.is_dir() else [])]
         return JobSpec("train", [["train", *command_line(sub, args, replace)]], folders, uploads, ("out",),
                        args.device, resumable=True)
     if cmd == "extract":
@@ -478,7 +474,7 @@ def job_spec(sub: argparse.ArgumentParser, args: argparse.Namespace) -> JobSpec:
         folders = {f"in0/{source.name}": source, f"in1/{cameras.name}": cameras, "out": args.out}
         replace = {"source": f"{ROOT_TOKEN}/in0/{source.name}", "cameras": f"{ROOT_TOKEN}/in1/{cameras.name}",
                    "out": f"{ROOT_TOKEN}/out"}
-        uploads = lambda: [Upload(source, f"in0/{source.name}", skip=("previews", "sfm", "triangulation")),  # noqa: E731
+        uploads = lambda: [Upload(source, f"in0/{source.name}", skip=("previews", "sfm", "triangulation")),  # noqa
                            Upload(cameras, f"in1/{cameras.name}")]
         return JobSpec("render", [["render", *command_line(sub, args, replace)]], folders, uploads, ("out",),
                        args.device)

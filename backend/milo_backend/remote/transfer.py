@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -38,13 +39,6 @@ class PathMap:
 
     pairs: tuple[tuple[str, str], ...]
 
-    @staticmethod
-    def _swap(text: str, pairs) -> str:
-        for src, dst in pairs:
-            if text == src or text.startswith(src + "/") or text.startswith(src + os.sep):
-                return dst + text[len(src):]
-        return text
-
     def to_local(self, value: Any) -> Any:
         """`value` (an event, a parsed JSON file) with every worker path replaced by the local one, also
         inside messages ("Loading /tmp/milo-job-x/in0/photos" reads "Loading /home/me/photos" here)."""
@@ -57,17 +51,18 @@ class PathMap:
     def to_remote(self, value: Any) -> Any:
         """The reverse, for JSON files sent to the worker. Local paths may be relative to this process's
         working folder (a run trained with `train photos runs/x` names `runs/x/sfm/images/...`)."""
-        back = tuple((dst, src) for src, dst in self.pairs)
-
         def swap(s: str) -> str:
             if "/" not in s and os.sep not in s:
                 return s
-            return self._swap(os.path.abspath(s), back) if any(
-                _inside(os.path.abspath(s), local) for local, _ in back) else s
+            path = os.path.abspath(s)
+            for remote, local in self.pairs:
+                if is_inside(path, local):
+                    return remote + path[len(local):]
+            return s
         return _map_strings(value, swap)
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -157,8 +152,6 @@ def pack(uploads: Iterable[Upload], send: Callable[[bytes], None], path_map: Pat
          chunk: int = CHUNK_BYTES) -> int:
     """Send `uploads` as one tar stream in chunks of `chunk` bytes; JSON files have their paths mapped to
     the worker's. Returns the bytes sent."""
-    import io
-
     writer = _ChunkWriter(send, chunk)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for upload in uploads:
@@ -182,7 +175,7 @@ def unpack(archive: Path, dest: Path) -> None:
         else:  # Python < 3.11.4: the same check by hand
             for member in tar.getmembers():
                 target = (dest / member.name).resolve()
-                if not _inside(str(target), str(dest.resolve())) or member.issym() or member.islnk():
+                if not is_inside(str(target), str(dest.resolve())) or member.issym() or member.islnk():
                     raise ValueError(f"archive member {member.name!r} leaves the job folder")
             tar.extractall(dest)
 
@@ -269,7 +262,7 @@ class FolderMirror:
     def apply(self, piece: dict) -> Path:
         rel = piece["path"]
         dest = (self.root / rel).resolve()
-        if not _inside(str(dest), str(self.root.resolve())):
+        if not is_inside(str(dest), str(self.root.resolve())):
             raise ValueError(f"the worker sent a path outside the output folder: {rel!r}")
         if piece.get("deleted"):
             dest.unlink(missing_ok=True)

@@ -49,8 +49,7 @@ class BackendJob:
         """Where the job runs: its folder (for the client's path map), host and process."""
         import platform
 
-        return {"root": str(self.root), "host": platform.node(), "pid": os.getpid(),
-                "python": platform.python_version()}
+        return {"root": str(self.root), "host": platform.node(), "pid": os.getpid()}
 
     def receive(self, chunk: bytes) -> int:
         with open(self.archive, "ab") as fh:
