@@ -24,6 +24,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["torch", "compiled"])
+def cpu_compositor(request, monkeypatch):
+    """Run a test with each CPU compositor: the torch reference and the compiled one (skipped, with the
+    reason, where this machine cannot build it)."""
+    from milo_backend.render import composite_cpu
+
+    if request.param == "compiled" and not composite_cpu.available():
+        pytest.skip(composite_cpu.state().why)
+    monkeypatch.setattr(composite_cpu, "_FORCE_TORCH", request.param == "torch")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory) -> Path:
     """16 views of 48x48 pixels with a test split (every 8th view), transforms.json + images/."""

@@ -7,6 +7,7 @@ not see torch's allocations; Linux /proc high-water mark); CUDA memory is `torch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from milo_backend.data.camera import Camera, look_at
-from milo_backend.render import Splats, gsplat_available, render
+from milo_backend.render import Splats, composite_cpu, gsplat_available, render
 
 BENCHMARKS_FILE = Path(__file__).resolve().parents[3] / "BENCHMARKS.md"
 CPU_CASES = [(128, 20_000), (256, 50_000)]
@@ -83,7 +84,7 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _peak_rss_child(size: int, n: int) -> None:
+def _peak_rss_child(size: int, n: int, reference: bool = False) -> None:
     """Subprocess body: print the peak RSS growth (MB) of one forward+backward render over the RSS
     before it. The kernel's high-water mark is reset first (clear_refs 5), since importing torch
     already peaks higher than a small render."""
@@ -93,13 +94,14 @@ def _peak_rss_child(size: int, n: int) -> None:
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")
     before = _status_kb("VmRSS")
-    _loss(render(leaves, camera, sh_degree=3, backend="torch")).backward()
+    with composite_cpu.reference_compositor() if reference else contextlib.nullcontext():
+        _loss(render(leaves, camera, sh_degree=3, backend="torch")).backward()
     peak = _status_kb("VmHWM")
     print(json.dumps({"peak_rss_growth_mb": (peak - before) / 1024, "peak_rss_mb": peak / 1024}))
 
 
-def peak_rss(size: int, n: int) -> dict:
-    code = f"from milo_backend.bench.render import _peak_rss_child; _peak_rss_child({size}, {n})"
+def peak_rss(size: int, n: int, reference: bool = False) -> dict:
+    code = f"from milo_backend.bench.render import _peak_rss_child; _peak_rss_child({size}, {n}, {reference})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -111,18 +113,25 @@ def bench_render(device: str = "cpu") -> str:
     rows = []
     load_before = os.getloadavg()[0]
     if device == "cpu":
+        compiled = composite_cpu.available()
         for size, n in CPU_CASES:
             splats, camera = random_scene(n, size, size)
-            t = time_render(splats, camera, "torch")
-            # CPU time of one thread hardly depends on what else runs on the machine: the stable figure
-            torch.set_num_threads(1)
-            t1 = time_render(splats, camera, "torch", clock=time.process_time)
-            torch.set_num_threads(2)
-            mem = peak_rss(size, n)
-            rows.append({"backend": "torch (CPU)", "image": f"{size}x{size}", "gaussians": n,
-                         "forward s": t["forward_s"], "backward s": t["backward_s"],
-                         "fwd+bwd s": t["total_s"], "fwd+bwd CPU s, 1 thread": t1["total_s"],
-                         "peak RSS growth MB": mem["peak_rss_growth_mb"], "peak RSS MB": mem["peak_rss_mb"]})
+            # the two compositors one after the other on the same scene: their ratio is the figure
+            for reference in (True, False) if compiled else (True,):
+                with composite_cpu.reference_compositor() if reference else contextlib.nullcontext():
+                    t = time_render(splats, camera, "torch")
+                    # CPU time of one thread hardly depends on what else runs on the machine: the stable figure
+                    torch.set_num_threads(1)
+                    t1 = time_render(splats, camera, "torch", clock=time.process_time)
+                    torch.set_num_threads(2)
+                mem = peak_rss(size, n, reference)
+                rows.append({"backend": "torch (CPU), " + ("torch compositor" if reference else "compiled compositor"),
+                             "image": f"{size}x{size}", "gaussians": n,
+                             "forward s": t["forward_s"], "backward s": t["backward_s"],
+                             "fwd+bwd s": t["total_s"], "fwd+bwd CPU s, 1 thread": t1["total_s"],
+                             "speed-up, 1 thread": rows[-1]["fwd+bwd CPU s, 1 thread"] / t1["total_s"]
+                             if not reference else 1.0,
+                             "peak RSS growth MB": mem["peak_rss_growth_mb"], "peak RSS MB": mem["peak_rss_mb"]})
     else:
         backends = ["torch"] + (["gsplat"] if gsplat_available() else [])
         for size, n in CUDA_CASES:
@@ -137,6 +146,9 @@ def bench_render(device: str = "cpu") -> str:
     split = gpu_time_split(*random_scene(CUDA_CASES[-1][1], CUDA_CASES[-1][0], CUDA_CASES[-1][0], device="cuda")) \
         if device != "cpu" and "gsplat" in backends else None
     md = section_header("Gaussian renderer", f"python -m milo_backend.bench.render {device}", device)
+    md += ("On the CPU the renderer runs with each compositor: torch's vectorised one (the reference) and the "
+           "compiled one (`render/csrc`); the speed-up is the ratio of their 1-thread CPU seconds. "
+           if device == "cpu" else "")
     md += ("Random anisotropic Gaussians (3-sigma radius 1.5-5 px at the scene centre, opacity 0.05-0.95, "
            "SH degree 3); one view; loss touches colour, alpha, both depths and normals; best of 10"
            + (". Wall-clock seconds with 2 threads (on a CPU shared with other jobs they vary several-fold "

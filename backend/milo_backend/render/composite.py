@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from milo_backend.render import composite_cpu
 from milo_backend.render.project import ALPHA_THRESHOLD
 from milo_backend.render.tiles import TileLists
 
@@ -324,8 +325,12 @@ def composite(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
     """Composite N projected Gaussians carrying `features` (N,D) into an image (see the module notes).
 
     Differentiable w.r.t. means2d, conics, opacities and features when gradients are enabled;
-    `features=None` computes only alpha, the median ids and the statistics.
+    `features=None` computes only alpha, the median ids and the statistics. On the CPU the compiled
+    compositor runs when it is available (`composite_cpu.py`), this module's torch code otherwise.
     """
+    if means2d.device.type == "cpu" and composite_cpu.available():
+        return CompositeResult(*composite_cpu.composite_cpu(means2d, conics, opacities, features, radii, tiles,
+                                                            width, height, with_stats))
     plan = plan_pairs(means2d, radii, tiles, width, height)
     n_pixels = tiles.tiles_x * tiles.tiles_y * tiles.tile_size ** 2
     if features is None or not torch.is_grad_enabled():
