@@ -6,7 +6,9 @@ The folder name has a space and a non-ASCII character, as users' home folders do
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -22,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="milo blender ü ")
+atexit.register(shutil.rmtree, os.environ["BLENDER_USER_RESOURCES"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

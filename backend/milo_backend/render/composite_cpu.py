@@ -60,11 +60,12 @@ def _ninja_on_path() -> bool:
 
 def _build():
     from torch.utils.cpp_extension import load
-    flags = ["-O3"] if sys.platform == "win32" else ["-O3", "-fopenmp"]
+    # OpenMP spreads the tiles over torch's threads; Apple's clang has no -fopenmp (one thread there)
+    openmp = sys.platform.startswith("linux")
     # torch's builder prints to stdout, which carries the JSON events
     with contextlib.redirect_stdout(sys.stderr):
-        return load(name=MODULE_NAME, sources=[str(SOURCE)], extra_cflags=flags,
-                    extra_ldflags=[] if sys.platform == "win32" else ["-fopenmp"], verbose=False)
+        return load(name=MODULE_NAME, sources=[str(SOURCE)], extra_cflags=["-O3"] + (["-fopenmp"] if openmp else []),
+                    extra_ldflags=["-fopenmp"] if openmp else [], verbose=False)
 
 
 def predict() -> KernelState:
