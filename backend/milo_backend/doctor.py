@@ -41,11 +41,11 @@ def doctor(compile_extensions: bool = False) -> dict:
 def kernel_report(compile_extensions: bool = False, say=None) -> dict:
     """Per device: which Gaussian renderer and mesh rasteriser run, where their kernels come from, why.
     `compile_extensions` loads (or builds, saying so) the kernels instead of only predicting them."""
-    from milo_backend.render import composite_cpu
+    from milo_backend import cpu_kernels
     facts = gpu_kernels.gather_facts()
-    compositor = composite_cpu.state(say) if compile_extensions else composite_cpu.predict()
-    cpu = {"renderer": "torch", "mesh_rasteriser": "torch", "compositor": compositor.active,
-           "why": f"the CPU path is PyTorch; {compositor.why}"}
+    compiled = cpu_kernels.state(say) if compile_extensions else cpu_kernels.predict()
+    cpu = {"renderer": "torch", "mesh_rasteriser": "torch", "kernels": compiled.active,
+           "why": f"the CPU path is PyTorch with compiled kernels where they build; {compiled.why}"}
     if not facts.cuda:
         plan = gpu_kernels.plan_gsplat(facts)
         return {"cpu": cpu, "cuda": {"renderer": None, "mesh_rasteriser": None, "why": plan.why}}

@@ -25,14 +25,14 @@ def one_thread():
 
 
 @pytest.fixture(params=["torch", "compiled"])
-def cpu_compositor(request, monkeypatch):
-    """Run a test with each CPU compositor: the torch reference and the compiled one (skipped, with the
-    reason, where this machine cannot build it)."""
-    from milo_backend.render import composite_cpu
+def cpu_kernels(request, monkeypatch):
+    """Run a test with the torch references and with the compiled CPU kernels (skipped, with the reason,
+    where this machine cannot build them)."""
+    from milo_backend import cpu_kernels as kernels
 
-    if request.param == "compiled" and not composite_cpu.available():
-        pytest.skip(composite_cpu.state().why)
-    monkeypatch.setattr(composite_cpu, "_FORCE_TORCH", request.param == "torch")
+    if request.param == "compiled" and not kernels.available():
+        pytest.skip(kernels.state().why)
+    monkeypatch.setattr(kernels, "_FORCE_TORCH", request.param == "torch")
     return request.param
 
 

@@ -11,6 +11,8 @@ from milo_backend.losses import mesh_depth_loss
 from milo_backend.mesh import cull_to_frustum, delaunay, marching_tetrahedra, pivots, rasterize_mesh
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvdiffrast)")
+# every test runs with the torch z-buffer and with the compiled one (cpu_kernels)
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 
 def front_camera(width=40, height=30, f=20.0) -> Camera:
@@ -141,6 +143,28 @@ def test_mesh_depth_loss_gradient_reaches_gaussian_means():
     assert torch.autograd.gradcheck(loss, (means,), fast_mode=True)
 
 
+@pytest.mark.parametrize("cpu_kernels", ["compiled"], indirect=True)
+def test_compiled_zbuffer_gives_the_torch_face_ids(monkeypatch):
+    # many small triangles in random depth order, some reaching past the image, degenerate ones and faces
+    # with a NaN vertex (skipped by both): the same face wins at every pixel
+    from milo_backend import cpu_kernels
+    from milo_backend.mesh.raster_torch import visible_faces
+    g = torch.Generator().manual_seed(3)
+    n, height, width = 20_000, 45, 70
+    centre = torch.rand(n, 1, 2, generator=g) * torch.tensor([width * 1.2, height * 1.2]) - torch.tensor([5.0, 5.0])
+    uv = (centre + torch.randn(n, 3, 2, generator=g) * 2.5).reshape(-1, 2)
+    z = (torch.rand(n, 1, generator=g) * 3 + 0.5 + torch.rand(n, 3, generator=g) * 0.2).reshape(-1)
+    uv[3 * 7 + 1] = uv[3 * 7]              # degenerate: two corners at one place
+    uv[3 * 11, 0] = float("nan")
+    faces = torch.arange(3 * n).reshape(n, 3)
+    compiled = visible_faces(uv, z, faces, height, width)
+    with cpu_kernels.reference_code():
+        reference = visible_faces(uv, z, faces, height, width)
+    assert (reference >= 0).float().mean() > 0.95 and reference.unique().numel() > 500
+    assert torch.equal(compiled, reference)
+    assert not (compiled == 11).any() and not (compiled == 7).any()
+
+
 def test_cull_to_frustum_keeps_only_faces_that_can_be_seen():
     cam = front_camera()
     verts = torch.tensor([
@@ -149,8 +173,9 @@ def test_cull_to_frustum_keeps_only_faces_that_can_be_seen():
         [0.0, 0.0, -2.0], [0.1, 0.0, -2.0], [0.0, 0.1, -2.0],     # behind the camera
         [-5.0, 0.0, 1.0], [5.0, 0.0, 1.0], [0.0, 5.0, 1.0],       # larger than the view: kept
         [0.0, 0.0, 2.0], [0.1, 0.0, 2.0], [0.0, 0.1, -1.0],       # crosses the camera plane
+        [0.0, 0.0, 2.0], [0.1, 0.0, 2.0], [0.0, float("nan"), 2.0],  # a NaN vertex
     ])
-    faces = torch.arange(15).reshape(5, 3)
+    faces = torch.arange(18).reshape(6, 3)
     assert cull_to_frustum(verts, faces, cam).tolist() == [[0, 1, 2], [9, 10, 11]]
 
 

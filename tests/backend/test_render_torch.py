@@ -14,7 +14,7 @@ from milo_backend.render import composite as composite_module
 from milo_backend.render.composite import MEDIAN_TRANSMITTANCE
 
 # every test runs with both CPU compositors (torch and compiled), against the same references
-pytestmark = pytest.mark.usefixtures("cpu_compositor")
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 
 # -- independent reference: every pixel x every Gaussian, numpy float64, one pixel at a time ------------
@@ -142,7 +142,7 @@ def test_float32_needle_thin_gaussians_lose_no_pixels():
     np.testing.assert_allclose(out.color.numpy(), ref["color"], atol=2e-5)
 
 
-@pytest.mark.parametrize("cpu_compositor", ["torch"], indirect=True)  # the torch compositor's chunks
+@pytest.mark.parametrize("cpu_kernels", ["torch"], indirect=True)  # the torch compositor's chunks
 def test_chunking_and_recomputed_backward_give_identical_results(monkeypatch):
     splats, camera = small_scene(n=40, seed=5)
     def run():
@@ -337,14 +337,14 @@ def test_64px_2k_gaussians_is_quick():
     assert elapsed < 10.0, f"64x64 / 2k Gaussians took {elapsed:.1f} s"
 
 
-@pytest.mark.parametrize("cpu_compositor", ["compiled"], indirect=True)
+@pytest.mark.parametrize("cpu_kernels", ["compiled"], indirect=True)
 def test_compiled_compositor_matches_torch_on_a_crowded_scene(monkeypatch):
     # 4k Gaussians on 96x80 px: long per-tile lists, pixels that turn opaque early, partial tiles
-    from milo_backend.render import composite_cpu
+    from milo_backend import cpu_kernels
     splats, camera = random_scene(4000, 96, 80, radius_px=(1.5, 14.0), seed=4, opacity=(0.05, 0.99))
 
     def run(compiled, threads=2):
-        monkeypatch.setattr(composite_cpu, "_FORCE_TORCH", not compiled)
+        monkeypatch.setattr(cpu_kernels, "_FORCE_TORCH", not compiled)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         sp = leaves(splats)

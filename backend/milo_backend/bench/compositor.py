@@ -1,7 +1,7 @@
 """The compiled CPU compositor end to end (`milo-backend bench compositor`, section "compositor").
 
 The fox run of `bench mesh-loop` (posed photos, 240 px, 1,500 iterations, mesh in the loop) twice, one
-after the other on the same machine: with the torch compositor (`MILO_CPU_COMPOSITOR=torch`) and with the
+after the other on the same machine: with the torch code (`MILO_CPU_KERNELS=torch`) and with the compiled CPU kernels (compositor, z-buffer);
 compiled one. Each run is a fresh process, so neither inherits the other's warm caches; the ratio of
 their wall-clock seconds is the figure, beside the quality each reached.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from milo_backend.bench import markdown_table, section_header
 from milo_backend.bench.mesh_loop import FOX
-from milo_backend.render import composite_cpu
+from milo_backend import cpu_kernels
 
 KINDS = ("torch", "compiled")
 
@@ -28,17 +28,17 @@ def _child(fox: str, workdir: str) -> None:
 
 def run_fox(kind: str, fox: Path, workdir: Path) -> dict:
     env = dict(os.environ)
-    env.pop(composite_cpu.ENV, None)
+    env.pop(cpu_kernels.ENV, None)
     if kind == "torch":
-        env[composite_cpu.ENV] = "torch"
+        env[cpu_kernels.ENV] = "torch"
     code = f"from milo_backend.bench.compositor import _child; _child({str(fox)!r}, {str(workdir)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_compositor(fox: Path = FOX) -> str:
-    if composite_cpu.state().active != "compiled":
-        raise RuntimeError(f"the compiled compositor is not available here: {composite_cpu.state().why}")
+    if cpu_kernels.state().active != "compiled":
+        raise RuntimeError(f"the compiled CPU kernels are not available here: {cpu_kernels.state().why}")
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_compositor_") as work:

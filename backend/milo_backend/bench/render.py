@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from milo_backend.data.camera import Camera, look_at
-from milo_backend.render import Splats, composite_cpu, gsplat_available, render
+from milo_backend import cpu_kernels
+from milo_backend.render import Splats, gsplat_available, render
 
 BENCHMARKS_FILE = Path(__file__).resolve().parents[3] / "BENCHMARKS.md"
 CPU_CASES = [(128, 20_000), (256, 50_000)]
@@ -94,7 +95,7 @@ def _peak_rss_child(size: int, n: int, reference: bool = False) -> None:
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")
     before = _status_kb("VmRSS")
-    with composite_cpu.reference_compositor() if reference else contextlib.nullcontext():
+    with cpu_kernels.reference_code() if reference else contextlib.nullcontext():
         _loss(render(leaves, camera, sh_degree=3, backend="torch")).backward()
     peak = _status_kb("VmHWM")
     print(json.dumps({"peak_rss_growth_mb": (peak - before) / 1024, "peak_rss_mb": peak / 1024}))
@@ -113,12 +114,12 @@ def bench_render(device: str = "cpu") -> str:
     rows = []
     load_before = os.getloadavg()[0]
     if device == "cpu":
-        compiled = composite_cpu.available()
+        compiled = cpu_kernels.available()
         for size, n in CPU_CASES:
             splats, camera = random_scene(n, size, size)
             # the two compositors one after the other on the same scene: their ratio is the figure
             for reference in (True, False) if compiled else (True,):
-                with composite_cpu.reference_compositor() if reference else contextlib.nullcontext():
+                with cpu_kernels.reference_code() if reference else contextlib.nullcontext():
                     t = time_render(splats, camera, "torch")
                     # CPU time of one thread hardly depends on what else runs on the machine: the stable figure
                     torch.set_num_threads(1)
@@ -147,7 +148,7 @@ def bench_render(device: str = "cpu") -> str:
         if device != "cpu" and "gsplat" in backends else None
     md = section_header("Gaussian renderer", f"python -m milo_backend.bench.render {device}", device)
     md += ("On the CPU the renderer runs with each compositor: torch's vectorised one (the reference) and the "
-           "compiled one (`render/csrc`); the speed-up is the ratio of their 1-thread CPU seconds. "
+           "compiled one (`csrc/composite.cpp`); the speed-up is the ratio of their 1-thread CPU seconds. "
            if device == "cpu" else "")
     md += ("Random anisotropic Gaussians (3-sigma radius 1.5-5 px at the scene centre, opacity 0.05-0.95, "
            "SH degree 3); one view; loss touches colour, alpha, both depths and normals; best of 10"

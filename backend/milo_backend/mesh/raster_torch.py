@@ -45,7 +45,12 @@ def rasterize_mesh_torch(verts: torch.Tensor, faces: torch.Tensor, camera: Camer
 @torch.no_grad()
 def visible_faces(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
                   width: int) -> torch.Tensor:
-    """(H,W) int64 index of the nearest face covering each pixel centre, -1 where none."""
+    """(H,W) int64 index of the nearest face covering each pixel centre, -1 where none. On the CPU the
+    compiled z-buffer (`csrc/zbuffer.cpp`) runs where it is built; this torch pass is its reference."""
+    from milo_backend import cpu_kernels
+    if uv.device.type == "cpu" and cpu_kernels.available():
+        return cpu_kernels.module().zbuffer_faces(uv.contiguous(), z.to(uv.dtype).contiguous(),
+                                                  faces.to(torch.int64).contiguous(), height, width)
     dev = uv.device
     fuv = uv[faces]                                                            # (F,3,2)
     last = torch.tensor([width - 1, height - 1], dtype=fuv.dtype, device=dev)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from milo_backend.render import composite_cpu
+from milo_backend import cpu_kernels
 from milo_backend.render.project import ALPHA_THRESHOLD
 from milo_backend.render.tiles import TileLists
 
@@ -328,9 +328,10 @@ def composite(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
     `features=None` computes only alpha, the median ids and the statistics. On the CPU the compiled
     compositor runs when it is available (`composite_cpu.py`), this module's torch code otherwise.
     """
-    if means2d.device.type == "cpu" and composite_cpu.available():
-        return CompositeResult(*composite_cpu.composite_cpu(means2d, conics, opacities, features, radii, tiles,
-                                                            width, height, with_stats))
+    if means2d.device.type == "cpu" and cpu_kernels.available():
+        from milo_backend.render.composite_cpu import composite_cpu
+        return CompositeResult(*composite_cpu(means2d, conics, opacities, features, radii, tiles, width, height,
+                                              with_stats))
     plan = plan_pairs(means2d, radii, tiles, width, height)
     n_pixels = tiles.tiles_x * tiles.tiles_y * tiles.tile_size ** 2
     if features is None or not torch.is_grad_enabled():

@@ -1,4 +1,4 @@
-// CPU compositor: the same front-to-back blending as render/composite.py (its reference), one tile per
+// CPU compositor (render/composite_cpu.py): the same front-to-back blending as render/composite.py (its reference), one tile per
 // task, Gaussians of the tile in order and each one's pixel box inside the tile.
 //
 // Semantics (see composite.py): alpha = min(alpha_max, o exp(-sigma)), sigma = 0.5 (a dx^2 + c dy^2)
@@ -216,7 +216,7 @@ void check_inputs(const torch::Tensor& means, const torch::Tensor& conics, const
 // Returns feat (H*W, D), alpha (H*W), t_final (H*W, float64), median (H*W), max id (H*W or empty),
 // last (H*W int32: entries of the pixel's tile up to its last blended one), and per tile-list entry the
 // weight sum and touched-pixel count (empty without stats).
-std::vector<torch::Tensor> forward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
+std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac,
                                    torch::Tensor feats, torch::Tensor radii, torch::Tensor offsets,
                                    torch::Tensor ids, int64_t tiles_x, int64_t tiles_y, int64_t ts, int64_t width,
                                    int64_t height, bool with_stats, double alpha_max, double alpha_min,
@@ -247,7 +247,7 @@ std::vector<torch::Tensor> forward(torch::Tensor means, torch::Tensor conics, to
 }
 
 // Per tile-list entry (E, D + 6): d features, then d x, y, a, b, c, opacity.
-torch::Tensor backward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac, torch::Tensor feats,
+torch::Tensor composite_backward(torch::Tensor means, torch::Tensor conics, torch::Tensor opac, torch::Tensor feats,
                        torch::Tensor radii, torch::Tensor offsets, torch::Tensor ids, int64_t tiles_x,
                        int64_t tiles_y, int64_t ts, int64_t width, int64_t height, double alpha_max,
                        double alpha_min, double t_min, double t_median, torch::Tensor tfinal, torch::Tensor last,
@@ -269,9 +269,4 @@ torch::Tensor backward(torch::Tensor means, torch::Tensor conics, torch::Tensor 
                             grad_alpha.data_ptr<scalar_t>(), entry_grad.data_ptr<scalar_t>());
   });
   return entry_grad;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "front-to-back compositing of tiled Gaussians (CPU)");
-  m.def("backward", &backward, "its gradient per tile-list entry (CPU)");
 }
