@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("bench", help="run benchmarks and write their tables to BENCHMARKS.md")
-    p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop suite ray compositor (default train)")
+    p.add_argument("what", nargs="*", default=["train"], help="sections: train render mesh gaussians sfm mesh-loop suite ray cpu-kernels (default train)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--fox", type=Path, default=None, help="the fox dataset folder (sfm and GPU benchmarks)")

@@ -127,7 +127,7 @@ def test_setup_gpu_and_doctor_on_this_machine_say_which_path_runs(tmp_path):
     report = json.loads(doc.stdout.splitlines()[-1])["outputs"]
     cpu = report["kernels"]["cpu"]
     assert cpu["renderer"] == "torch" and cpu["mesh_rasteriser"] == "torch"
-    # the compositor: compiled where a C++ compiler is (this machine and CI have g++), else torch with why
+    # the compiled CPU kernels where a C++ compiler is (this machine and CI have g++), else torch with why
     from milo_backend import cpu_kernels
     assert cpu["kernels"] == cpu_kernels.predict().active and "compiled kernels" in cpu["why"]
     assert report["renderer"] == "torch" and report["mesh_rasteriser"] == "torch"

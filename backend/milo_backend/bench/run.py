@@ -9,7 +9,7 @@ from milo_backend.device import select_device
 from milo_backend.errors import MiloError
 
 FOX = shared_data("fox")
-SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop", "suite", "ray", "compositor")
+SECTIONS = ("train", "render", "mesh", "gaussians", "sfm", "mesh-loop", "suite", "ray", "cpu-kernels")
 
 
 def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", fox: Path | None = None) -> None:
@@ -44,9 +44,9 @@ def run_benchmarks(what: list[str], out: Path, reporter, device: str = "auto", f
         elif name == "suite":
             from milo_backend.bench.suite import bench_suite
             md = bench_suite(dev)
-        elif name == "compositor":
-            from milo_backend.bench.compositor import bench_compositor
-            md = bench_compositor(fox)
+        elif name == "cpu-kernels":
+            from milo_backend.bench.cpu_kernels import bench_cpu_kernels
+            md = bench_cpu_kernels(fox)
         elif name == "ray":
             from milo_backend.bench.ray import bench_ray
             md = bench_ray()

@@ -1,9 +1,9 @@
-"""The compiled CPU compositor end to end (`milo-backend bench compositor`, section "compositor").
+"""The compiled CPU kernels end to end (`milo-backend bench cpu-kernels`, section "cpu-kernels").
 
 The fox run of `bench mesh-loop` (posed photos, 240 px, 1,500 iterations, mesh in the loop) twice, one
-after the other on the same machine: with the torch code (`MILO_CPU_KERNELS=torch`) and with the compiled CPU kernels (compositor, z-buffer);
-compiled one. Each run is a fresh process, so neither inherits the other's warm caches; the ratio of
-their wall-clock seconds is the figure, beside the quality each reached.
+after the other on the same machine: with the torch code (`MILO_CPU_KERNELS=torch`) and with the compiled
+CPU kernels. Each run is a fresh process, so neither inherits the other's warm caches; the ratio of their
+wall-clock seconds is the figure, beside the quality each reached.
 """
 from __future__ import annotations
 
@@ -31,27 +31,27 @@ def run_fox(kind: str, fox: Path, workdir: Path) -> dict:
     env.pop(cpu_kernels.ENV, None)
     if kind == "torch":
         env[cpu_kernels.ENV] = "torch"
-    code = f"from milo_backend.bench.compositor import _child; _child({str(fox)!r}, {str(workdir)!r})"
+    code = f"from milo_backend.bench.cpu_kernels import _child; _child({str(fox)!r}, {str(workdir)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_compositor(fox: Path = FOX) -> str:
+def bench_cpu_kernels(fox: Path = FOX) -> str:
     if cpu_kernels.state().active != "compiled":
         raise RuntimeError(f"the compiled CPU kernels are not available here: {cpu_kernels.state().why}")
     load_before = os.getloadavg()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_compositor_") as work:
+    with tempfile.TemporaryDirectory(prefix="bench_cpu_kernels_") as work:
         for kind in KINDS:
             row = run_fox(kind, fox, Path(work) / kind)
             row.pop("picture", None)
-            rows.append({"compositor": kind, **row})
+            rows.append({"CPU kernels": kind, **row})
     rows[1]["speed-up"] = rows[0]["photos to mesh s"] / rows[1]["photos to mesh s"]
     rows[0]["speed-up"] = 1.0
-    md = section_header("The compiled CPU compositor, end to end", "milo-backend bench compositor --device cpu",
-                        "cpu")
+    md = section_header("The compiled CPU kernels, end to end", "milo-backend bench cpu-kernels --device cpu", "cpu")
     md += ("The fox run of `bench mesh-loop` (posed photos, longest side 240 px, preset verylowres, 1,500 "
-           "iterations, mesh in the loop, 7 of 50 photos held out) with each CPU compositor, one after the "
+           "iterations, mesh in the loop, 7 of 50 photos held out) with the torch code and with the compiled "
+           "kernels (compositor, mesh z-buffer, marching tetrahedra's connectivity), one after the "
            "other, each in a fresh process with 2 threads. Speed-up: the ratio of the photos-to-mesh seconds. "
            f"1-min load average before: {load_before[0]:.1f}; after: {os.getloadavg()[0]:.1f}.\n\n")
     md += markdown_table(rows)
@@ -60,6 +60,6 @@ def bench_compositor(fox: Path = FOX) -> str:
 
 if __name__ == "__main__":
     from milo_backend.bench import write_section
-    text = bench_compositor(Path(sys.argv[1]) if len(sys.argv) > 1 else FOX)
+    text = bench_cpu_kernels(Path(sys.argv[1]) if len(sys.argv) > 1 else FOX)
     print(text)
-    write_section("compositor", text, Path(__file__).resolve().parents[3] / "BENCHMARKS.md")
+    write_section("cpu-kernels", text, Path(__file__).resolve().parents[3] / "BENCHMARKS.md")
