@@ -74,9 +74,14 @@ def build_directory(flags: list[str]) -> Path:
     for path in SOURCES:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(" ".join(flags + [torch.__version__, sys.version]).encode())
-    cache = os.environ.get("MILO_KERNEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-        / "milo_backend" / "kernels"
-    return Path(cache) / f"{MODULE_NAME}_{digest.hexdigest()[:16]}"
+    return kernel_cache() / f"{MODULE_NAME}_{digest.hexdigest()[:16]}"
+
+
+def kernel_cache() -> Path:
+    """The folder of all builds: `MILO_KERNEL_CACHE`, else the user's cache folder."""
+    if os.environ.get("MILO_KERNEL_CACHE"):
+        return Path(os.environ["MILO_KERNEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "milo_backend" / "kernels"
 
 
 def _flags() -> tuple[list[str], list[str]]:

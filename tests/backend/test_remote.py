@@ -223,9 +223,11 @@ def test_a_batch_finishes_the_good_scene_and_reports_the_broken_one(cli, tiny_sc
     broken.mkdir()
     (broken / "notes.txt").write_text("no photos here")
     out = tmp_path / "batch"
-    # a new local Ray instance writes an authentication token into ~/.ray: a home of the test's own
+    # a new local Ray instance writes an authentication token into ~/.ray: a home of the test's own (the
+    # compiled CPU kernels stay in the user's cache, built once)
+    from milo_backend.cpu_kernels import kernel_cache
     code, events, err = cli.run("batch", tiny_scene, broken, "--out", out, "--iterations", 30, "--device", "cpu",
-                             "--eval", env={"HOME": str(tmp_path / "home")})
+                             "--eval", env={"HOME": str(tmp_path / "home"), "MILO_KERNEL_CACHE": str(kernel_cache())})
     assert code == 2, err
     summary = json.loads((out / "batch_summary.json").read_text())
     rows = {r["scene"]: r for r in summary["scenes"]}
