@@ -14,11 +14,9 @@ torch::Tensor composite_backward(torch::Tensor means, torch::Tensor conics, torc
                                  double alpha_min, double t_min, double t_median, torch::Tensor tfinal,
                                  torch::Tensor last, torch::Tensor grad_feat, torch::Tensor grad_alpha);
 torch::Tensor zbuffer_faces(torch::Tensor uv, torch::Tensor z, torch::Tensor faces, int64_t height, int64_t width);
-std::vector<torch::Tensor> marching_tets_topology(torch::Tensor outside, torch::Tensor tets, torch::Tensor triangles);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_forward", &composite_forward, "front-to-back compositing of tiled Gaussians");
   m.def("composite_backward", &composite_backward, "its gradient per tile-list entry");
   m.def("zbuffer_faces", &zbuffer_faces, "nearest mesh face per pixel centre");
-  m.def("marching_tets_topology", &marching_tets_topology, "crossing edges and faces of marching tetrahedra");
 }

@@ -54,7 +54,30 @@ def marching_tetrahedra(pivots: torch.Tensor, sdf: torch.Tensor, tets: torch.Ten
     """
     n_pivots = pivots.shape[0]
     tets = tets.to(pivots.device)
-    faces, vert_edges = _topology(sdf, tets, n_pivots)
+    with torch.no_grad():
+        # uint8 throughout the per-tetrahedron pass: it touches all T rows, so bytes matter.
+        outside = (sdf.detach() > 0).to(torch.uint8)
+        occ = outside[tets]                                                     # (T,4)
+        n_out = occ.sum(1, dtype=torch.uint8)
+        mixed = torch.nonzero((n_out > 0) & (n_out < 4)).squeeze(1)
+        tets, occ = tets[mixed], occ[mixed]
+        case = (occ[:, 0] | (occ[:, 1] << 1) | (occ[:, 2] << 2) | (occ[:, 3] << 3)).long()
+
+        edges_local = EDGES.to(tets.device)
+        ends_a, ends_b = tets[:, edges_local[:, 0]], tets[:, edges_local[:, 1]]   # (Tm,6)
+        crossing = occ[:, edges_local[:, 0]] != occ[:, edges_local[:, 1]]
+        # One int64 key per undirected edge: 1-D unique is several times faster than unique(dim=0).
+        keys = (torch.minimum(ends_a, ends_b) * n_pivots + torch.maximum(ends_a, ends_b))[crossing]
+        unique_keys, vert_of_crossing = torch.unique(keys, return_inverse=True)
+        vert_of_slot = torch.full_like(ends_a, -1)
+        vert_of_slot[crossing] = vert_of_crossing
+
+        table = TRIANGLES.to(tets.device)[case]                                 # (Tm,2,3)
+        has_tri = table[:, :, 0] >= 0
+        slots = table.clamp_min(0).reshape(len(case), 6)
+        faces = torch.gather(vert_of_slot, 1, slots).reshape(-1, 2, 3)[has_tri]  # (F,3)
+        vert_edges = torch.stack([unique_keys // n_pivots, unique_keys % n_pivots], dim=1)
+
     verts = _zero_crossings(pivots, sdf, vert_edges)
     if radii is not None:
         with torch.no_grad():
@@ -64,39 +87,6 @@ def marching_tetrahedra(pivots: torch.Tensor, sdf: torch.Tensor, tets: torch.Ten
             faces = faces[valid_vert[faces].all(dim=1)]
         verts, faces, vert_edges = _drop_unused(verts, faces, vert_edges)
     return TetMesh(verts, faces, vert_edges)
-
-
-@torch.no_grad()
-def _topology(sdf: torch.Tensor, tets: torch.Tensor, n_pivots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Faces (F,3) over the crossing edges, and each vertex's edge (V,2), numbered by the sorted edge key.
-    On the CPU the compiled pass (`csrc/marching_tets.cpp`) runs where it is built; this is its reference."""
-    from milo_backend import cpu_kernels
-    if tets.device.type == "cpu" and cpu_kernels.available():
-        return tuple(cpu_kernels.module().marching_tets_topology(
-            (sdf.detach() > 0).to(torch.uint8).contiguous(), tets.to(torch.int64).contiguous(), TRIANGLES))
-    # uint8 throughout the per-tetrahedron pass: it touches all T rows, so bytes matter.
-    outside = (sdf.detach() > 0).to(torch.uint8)
-    occ = outside[tets]                                                     # (T,4)
-    n_out = occ.sum(1, dtype=torch.uint8)
-    mixed = torch.nonzero((n_out > 0) & (n_out < 4)).squeeze(1)
-    tets, occ = tets[mixed], occ[mixed]
-    case = (occ[:, 0] | (occ[:, 1] << 1) | (occ[:, 2] << 2) | (occ[:, 3] << 3)).long()
-
-    edges_local = EDGES.to(tets.device)
-    ends_a, ends_b = tets[:, edges_local[:, 0]], tets[:, edges_local[:, 1]]   # (Tm,6)
-    crossing = occ[:, edges_local[:, 0]] != occ[:, edges_local[:, 1]]
-    # One int64 key per undirected edge: 1-D unique is several times faster than unique(dim=0).
-    keys = (torch.minimum(ends_a, ends_b) * n_pivots + torch.maximum(ends_a, ends_b))[crossing]
-    unique_keys, vert_of_crossing = torch.unique(keys, return_inverse=True)
-    vert_of_slot = torch.full_like(ends_a, -1)
-    vert_of_slot[crossing] = vert_of_crossing
-
-    table = TRIANGLES.to(tets.device)[case]                                 # (Tm,2,3)
-    has_tri = table[:, :, 0] >= 0
-    slots = table.clamp_min(0).reshape(len(case), 6)
-    faces = torch.gather(vert_of_slot, 1, slots).reshape(-1, 2, 3)[has_tri]  # (F,3)
-    vert_edges = torch.stack([unique_keys // n_pivots, unique_keys % n_pivots], dim=1)
-    return faces, vert_edges
 
 
 def _zero_crossings(pivots: torch.Tensor, sdf: torch.Tensor, vert_edges: torch.Tensor) -> torch.Tensor:
