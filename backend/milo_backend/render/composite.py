@@ -31,6 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from milo_backend import cpu_kernels
+from milo_backend.render.composite_cpu import composite_cpu
 from milo_backend.render.project import ALPHA_THRESHOLD
 from milo_backend.render.tiles import TileLists
 
@@ -329,9 +330,9 @@ def composite(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
     compositor runs when it is available (`composite_cpu.py`), this module's torch code otherwise.
     """
     if means2d.device.type == "cpu" and cpu_kernels.available():
-        from milo_backend.render.composite_cpu import composite_cpu
+        constants = (ALPHA_MAX, ALPHA_THRESHOLD, TRANSMITTANCE_MIN, MEDIAN_TRANSMITTANCE)
         return CompositeResult(*composite_cpu(means2d, conics, opacities, features, radii, tiles, width, height,
-                                              with_stats))
+                                              with_stats, constants))
     plan = plan_pairs(means2d, radii, tiles, width, height)
     n_pixels = tiles.tiles_x * tiles.tiles_y * tiles.tile_size ** 2
     if features is None or not torch.is_grad_enabled():

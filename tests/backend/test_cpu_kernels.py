@@ -1,0 +1,56 @@
+"""The compiled CPU kernels' build and fallback: a machine without a compiler, or a failed build, runs the
+torch code and says why (the kernels' results are tested against torch in the renderer and raster tests)."""
+import torch
+
+from milo_backend import cpu_kernels
+from milo_backend.bench.render import random_scene
+from milo_backend.render import render
+
+
+def test_without_a_compiler_the_torch_code_runs_and_says_why(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_STATE", None)
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    assert cpu_kernels.predict().active == "torch" and "no C++ compiler" in cpu_kernels.predict().why
+    assert not cpu_kernels.available()
+    splats, camera = random_scene(200, 32, 24, seed=2)
+    out = render(splats, camera, sh_degree=3, backend="torch")
+    assert out.alpha.max() > 0.5 and torch.isfinite(out.color).all()
+
+
+def test_a_failed_build_falls_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_STATE", None)
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: "/usr/bin/c++")
+    monkeypatch.setattr(cpu_kernels, "_ninja_on_path", lambda: True)
+
+    def broken(say):
+        raise RuntimeError("error: 'omp.h' file not found")
+    monkeypatch.setattr(cpu_kernels, "_build", broken)
+    said = []
+    state = cpu_kernels.state(say=said.append)
+    assert state.active == "torch" and "omp.h" in state.why and "torch code runs" in state.why
+    assert any(m.startswith("Warning:") and "omp.h" in m for m in said)
+    assert not cpu_kernels.available()
+
+
+def test_the_environment_variable_asks_for_the_torch_code(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_STATE", None)
+    monkeypatch.setenv(cpu_kernels.ENV, "torch")
+    assert cpu_kernels.predict().active == "torch" and cpu_kernels.ENV in cpu_kernels.predict().why
+
+
+def test_the_build_folder_follows_the_sources_not_the_install(tmp_path, monkeypatch):
+    # two installs of the same code share one build; changed code gets a folder of its own
+    monkeypatch.setenv("MILO_KERNEL_CACHE", str(tmp_path / "cache"))
+    here = cpu_kernels.build_directory(["-O3"])
+    copies = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for src in cpu_kernels.SOURCES:
+            (folder / src.name).write_bytes(src.read_bytes())
+        copies.append([folder / src.name for src in cpu_kernels.SOURCES])
+    monkeypatch.setattr(cpu_kernels, "SOURCES", copies[0])
+    assert cpu_kernels.build_directory(["-O3"]) == here and here.parent == tmp_path / "cache"
+    monkeypatch.setattr(cpu_kernels, "SOURCES", copies[1])
+    copies[1][1].write_bytes(copies[1][1].read_bytes() + b"\n// changed\n")
+    assert cpu_kernels.build_directory(["-O3"]) != here
