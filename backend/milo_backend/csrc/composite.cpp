@@ -34,20 +34,61 @@ struct Constants {
   double alpha_max, alpha_min, t_min, t_median;
 };
 
+// What both passes read: per Gaussian (means, conics, opacities, features, radii) and the tile lists.
 template <typename scalar_t>
-void forward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
-                  int64_t D, const double* radii, const int64_t* offsets, const int64_t* ids, int64_t tiles_x,
-                  int64_t n_tiles, int64_t ts, int64_t width, int64_t height, bool with_stats, Constants k,
-                  scalar_t* out_feat, scalar_t* out_alpha, double* out_tfinal, int64_t* out_median,
-                  int64_t* out_max, int32_t* out_last, scalar_t* entry_weight, int64_t* entry_touched) {
-  at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
+struct Scene {
+  const scalar_t *means, *conics, *opac, *feats;
+  int64_t D;
+  const double* radii;
+  const int64_t *offsets, *ids;
+  int64_t tiles_x, n_tiles, ts, width, height;
+};
+
+// One tile-list entry: its Gaussian and that Gaussian's pixel box inside the tile.
+struct Entry {
+  int64_t g;
+  Box box;
+  double mx, my, a, b, c, o;
+  bool empty() const { return box.x0 >= box.x1 || box.y0 >= box.y1; }
+};
+
+template <typename scalar_t>
+inline Entry entry_at(const Scene<scalar_t>& s, int64_t e, int64_t tx0, int64_t ty0) {
+  Entry en;
+  en.g = s.ids[e];
+  const int64_t g = en.g;
+  en.mx = s.means[2 * g];
+  en.my = s.means[2 * g + 1];
+  en.box = box_in_tile(en.mx, en.my, s.radii[2 * g], s.radii[2 * g + 1], tx0, ty0, s.ts, s.width, s.height);
+  en.a = s.conics[3 * g];
+  en.b = s.conics[3 * g + 1];
+  en.c = s.conics[3 * g + 2];
+  en.o = s.opac[g];
+  return en;
+}
+
+// alpha of the pair (entry, pixel at mean - centre = dx, dy) and vis = exp(-sigma); alpha < 0: skipped
+inline double pair_alpha(const Entry& en, double dx, double dy, const Constants& k, double* vis) {
+  const double sigma = 0.5 * (en.a * dx * dx + en.c * dy * dy) + en.b * dx * dy;
+  if (sigma < 0.0) return -1.0;
+  *vis = std::exp(-sigma);
+  const double alpha = std::min(k.alpha_max, en.o * *vis);
+  return alpha < k.alpha_min ? -1.0 : alpha;
+}
+
+template <typename scalar_t>
+void forward_impl(const Scene<scalar_t>& s, bool with_stats, Constants k, scalar_t* out_feat, scalar_t* out_alpha,
+                  double* out_tfinal, int64_t* out_median, int64_t* out_max, int32_t* out_last,
+                  scalar_t* entry_weight, int64_t* entry_touched) {
+  const int64_t D = s.D, ts = s.ts;
+  at::parallel_for(0, s.n_tiles, 1, [&](int64_t begin, int64_t end) {
     const int64_t tp = ts * ts;
     std::vector<double> T(tp), acc(tp * std::max<int64_t>(D, 1)), wmax(tp);
     std::vector<char> done(tp);
     std::vector<int64_t> median(tp), maxid(tp);
     std::vector<int32_t> last(tp);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t tx0 = (t % tiles_x) * ts, ty0 = (t / tiles_x) * ts;
+      const int64_t tx0 = (t % s.tiles_x) * ts, ty0 = (t / s.tiles_x) * ts;
       std::fill(T.begin(), T.end(), 1.0);
       std::fill(acc.begin(), acc.end(), 0.0);
       std::fill(wmax.begin(), wmax.end(), 0.0);
@@ -56,29 +97,24 @@ void forward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t*
       std::fill(maxid.begin(), maxid.end(), -1);
       std::fill(last.begin(), last.end(), 0);
       // pixels of the tile outside the image never take part
-      const int64_t w_in = std::max<int64_t>(0, std::min(ts, width - tx0));
-      const int64_t h_in = std::max<int64_t>(0, std::min(ts, height - ty0));
+      const int64_t w_in = std::max<int64_t>(0, std::min(ts, s.width - tx0));
+      const int64_t h_in = std::max<int64_t>(0, std::min(ts, s.height - ty0));
       int64_t live = w_in * h_in;
-      const int64_t e0 = offsets[t], e1 = offsets[t + 1];
+      const int64_t e0 = s.offsets[t], e1 = s.offsets[t + 1];
       for (int64_t e = e0; e < e1 && live > 0; ++e) {
-        const int64_t g = ids[e];
-        const double mx = means[2 * g], my = means[2 * g + 1];
-        const Box b = box_in_tile(mx, my, radii[2 * g], radii[2 * g + 1], tx0, ty0, ts, width, height);
-        if (b.x0 >= b.x1 || b.y0 >= b.y1) continue;
-        const double a = conics[3 * g], bb = conics[3 * g + 1], c = conics[3 * g + 2], o = opac[g];
-        const scalar_t* f = feats + g * D;
+        const Entry en = entry_at(s, e, tx0, ty0);
+        if (en.empty()) continue;
+        const scalar_t* f = s.feats + en.g * D;
         double w_sum = 0.0;
         int64_t touched = 0;
-        for (int64_t py = b.y0; py < b.y1; ++py) {
-          const double dy = my - (py + 0.5);
-          for (int64_t px = b.x0; px < b.x1; ++px) {
+        for (int64_t py = en.box.y0; py < en.box.y1; ++py) {
+          const double dy = en.my - (py + 0.5);
+          for (int64_t px = en.box.x0; px < en.box.x1; ++px) {
             const int64_t p = (py - ty0) * ts + (px - tx0);
             if (done[p]) continue;
-            const double dx = mx - (px + 0.5);
-            const double sigma = 0.5 * (a * dx * dx + c * dy * dy) + bb * dx * dy;
-            if (sigma < 0.0) continue;
-            const double alpha = std::min(k.alpha_max, o * std::exp(-sigma));
-            if (alpha < k.alpha_min) continue;
+            double vis;
+            const double alpha = pair_alpha(en, en.mx - (px + 0.5), dy, k, &vis);
+            if (alpha < 0.0) continue;
             const double t_after = T[p] * (1.0 - alpha);
             if (t_after <= k.t_min) {
               done[p] = 1;
@@ -88,10 +124,10 @@ void forward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t*
             const double w = alpha * T[p];
             double* ap = acc.data() + p * D;
             for (int64_t d = 0; d < D; ++d) ap[d] += w * f[d];
-            if (T[p] >= k.t_median && t_after < k.t_median) median[p] = g;
+            if (T[p] >= k.t_median && t_after < k.t_median) median[p] = en.g;
             if (w > wmax[p]) {  // strictly greater: on ties the front-most Gaussian stays
               wmax[p] = w;
-              maxid[p] = g;
+              maxid[p] = en.g;
             }
             w_sum += w;
             ++touched;
@@ -106,7 +142,7 @@ void forward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t*
       }
       for (int64_t ly = 0; ly < h_in; ++ly) {
         for (int64_t lx = 0; lx < w_in; ++lx) {
-          const int64_t p = ly * ts + lx, q = (ty0 + ly) * width + (tx0 + lx);
+          const int64_t p = ly * ts + lx, q = (ty0 + ly) * s.width + (tx0 + lx);
           for (int64_t d = 0; d < D; ++d) out_feat[q * D + d] = static_cast<scalar_t>(acc[p * D + d]);
           out_alpha[q] = static_cast<scalar_t>(1.0 - T[p]);
           out_tfinal[q] = T[p];
@@ -120,24 +156,22 @@ void forward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t*
 }
 
 template <typename scalar_t>
-void backward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t* opac, const scalar_t* feats,
-                   int64_t D, const double* radii, const int64_t* offsets, const int64_t* ids, int64_t tiles_x,
-                   int64_t n_tiles, int64_t ts, int64_t width, int64_t height, Constants k,
-                   const double* tfinal, const int32_t* lastv, const scalar_t* grad_feat,
-                   const scalar_t* grad_alpha, scalar_t* entry_grad) {
+void backward_impl(const Scene<scalar_t>& s, Constants k, const double* tfinal, const int32_t* lastv,
+                   const scalar_t* grad_feat, const scalar_t* grad_alpha, scalar_t* entry_grad) {
+  const int64_t D = s.D, ts = s.ts;
   const int64_t G = D + 6;  // per entry: d features, then x, y, a, b, c, opacity
-  at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.n_tiles, 1, [&](int64_t begin, int64_t end) {
     const int64_t tp = ts * ts;
     std::vector<double> T(tp), behind(tp), from_alpha(tp), gpix(tp * std::max<int64_t>(D, 1)), eg(G);
     std::vector<int32_t> last(tp);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t tx0 = (t % tiles_x) * ts, ty0 = (t / tiles_x) * ts;
-      const int64_t w_in = std::max<int64_t>(0, std::min(ts, width - tx0));
-      const int64_t h_in = std::max<int64_t>(0, std::min(ts, height - ty0));
+      const int64_t tx0 = (t % s.tiles_x) * ts, ty0 = (t / s.tiles_x) * ts;
+      const int64_t w_in = std::max<int64_t>(0, std::min(ts, s.width - tx0));
+      const int64_t h_in = std::max<int64_t>(0, std::min(ts, s.height - ty0));
       std::fill(last.begin(), last.end(), 0);
       for (int64_t ly = 0; ly < h_in; ++ly) {
         for (int64_t lx = 0; lx < w_in; ++lx) {
-          const int64_t p = ly * ts + lx, q = (ty0 + ly) * width + (tx0 + lx);
+          const int64_t p = ly * ts + lx, q = (ty0 + ly) * s.width + (tx0 + lx);
           T[p] = tfinal[q];
           behind[p] = 0.0;
           // d alpha_out / d a_k = T_final / (1 - a_k): the background's share enters through alpha
@@ -146,28 +180,23 @@ void backward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t
           last[p] = lastv[q];
         }
       }
-      const int64_t e0 = offsets[t], e1 = offsets[t + 1];
+      const int64_t e0 = s.offsets[t], e1 = s.offsets[t + 1];
       for (int64_t e = e1 - 1; e >= e0; --e) {
-        const int64_t g = ids[e];
-        const double mx = means[2 * g], my = means[2 * g + 1];
-        const Box b = box_in_tile(mx, my, radii[2 * g], radii[2 * g + 1], tx0, ty0, ts, width, height);
-        if (b.x0 >= b.x1 || b.y0 >= b.y1) continue;
-        const double a = conics[3 * g], bb = conics[3 * g + 1], c = conics[3 * g + 2], o = opac[g];
-        const scalar_t* f = feats + g * D;
+        const Entry en = entry_at(s, e, tx0, ty0);
+        if (en.empty()) continue;
+        const scalar_t* f = s.feats + en.g * D;
         const int32_t local = static_cast<int32_t>(e - e0);
         std::fill(eg.begin(), eg.end(), 0.0);
         bool any = false;
-        for (int64_t py = b.y0; py < b.y1; ++py) {
-          const double dy = my - (py + 0.5);
-          for (int64_t px = b.x0; px < b.x1; ++px) {
+        for (int64_t py = en.box.y0; py < en.box.y1; ++py) {
+          const double dy = en.my - (py + 0.5);
+          for (int64_t px = en.box.x0; px < en.box.x1; ++px) {
             const int64_t p = (py - ty0) * ts + (px - tx0);
             if (local >= last[p]) continue;  // at or behind where this pixel stopped
-            const double dx = mx - (px + 0.5);
-            const double sigma = 0.5 * (a * dx * dx + c * dy * dy) + bb * dx * dy;
-            if (sigma < 0.0) continue;
-            const double vis = std::exp(-sigma);
-            const double alpha = std::min(k.alpha_max, o * vis);
-            if (alpha < k.alpha_min) continue;
+            const double dx = en.mx - (px + 0.5);
+            double vis;
+            const double alpha = pair_alpha(en, dx, dy, k, &vis);
+            if (alpha < 0.0) continue;
             const double t_before = T[p] / (1.0 - alpha);
             const double w = alpha * t_before;
             const double* gp = gpix.data() + p * D;
@@ -177,10 +206,10 @@ void backward_impl(const scalar_t* means, const scalar_t* conics, const scalar_t
               eg[d] += gp[d] * w;
             }
             double d_alpha = t_before * dot + (from_alpha[p] - behind[p]) / (1.0 - alpha);
-            if (o * vis > k.alpha_max) d_alpha = 0.0;  // the clamp cuts the gradient, as in gsplat
+            if (en.o * vis > k.alpha_max) d_alpha = 0.0;  // the clamp cuts the gradient, as in gsplat
             const double v_sigma = -alpha * d_alpha;
-            eg[D] += v_sigma * (a * dx + bb * dy);
-            eg[D + 1] += v_sigma * (bb * dx + c * dy);
+            eg[D] += v_sigma * (en.a * dx + en.b * dy);
+            eg[D + 1] += v_sigma * (en.b * dx + en.c * dy);
             eg[D + 2] += 0.5 * v_sigma * dx * dx;
             eg[D + 3] += v_sigma * dx * dy;
             eg[D + 4] += 0.5 * v_sigma * dy * dy;
@@ -211,6 +240,16 @@ void check_inputs(const torch::Tensor& means, const torch::Tensor& conics, const
               "composite_cpu: int64 tile lists");
 }
 
+template <typename scalar_t>
+Scene<scalar_t> scene_of(const torch::Tensor& means, const torch::Tensor& conics, const torch::Tensor& opac,
+                         const torch::Tensor& feats, const torch::Tensor& radii, const torch::Tensor& offsets,
+                         const torch::Tensor& ids, int64_t tiles_x, int64_t tiles_y, int64_t ts, int64_t width,
+                         int64_t height) {
+  return {means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
+          feats.data_ptr<scalar_t>(), feats.size(1), radii.data_ptr<double>(), offsets.data_ptr<int64_t>(),
+          ids.data_ptr<int64_t>(), tiles_x, tiles_x * tiles_y, ts, width, height};
+}
+
 }  // namespace
 
 // Returns feat (H*W, D), alpha (H*W), t_final (H*W, float64), median (H*W), max id (H*W or empty),
@@ -235,10 +274,10 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor means, torch::Tensor 
   auto entry_touched = torch::zeros({with_stats ? E : 0}, lopt);
   Constants k{alpha_max, alpha_min, t_min, t_median};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "composite_cpu_forward", [&] {
-    forward_impl<scalar_t>(means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
-                           feats.data_ptr<scalar_t>(), D, radii.data_ptr<double>(), offsets.data_ptr<int64_t>(),
-                           ids.data_ptr<int64_t>(), tiles_x, tiles_x * tiles_y, ts, width, height, with_stats, k,
-                           feat.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), tfinal.data_ptr<double>(),
+    const auto s = scene_of<scalar_t>(means, conics, opac, feats, radii, offsets, ids, tiles_x, tiles_y, ts, width,
+                                      height);
+    forward_impl<scalar_t>(s, with_stats, k, feat.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+                           tfinal.data_ptr<double>(),
                            median.data_ptr<int64_t>(), with_stats ? maxid.data_ptr<int64_t>() : nullptr,
                            last.data_ptr<int32_t>(), with_stats ? entry_weight.data_ptr<scalar_t>() : nullptr,
                            with_stats ? entry_touched.data_ptr<int64_t>() : nullptr);
@@ -262,10 +301,9 @@ torch::Tensor composite_backward(torch::Tensor means, torch::Tensor conics, torc
   auto entry_grad = torch::zeros({E, D + 6}, means.options());
   Constants k{alpha_max, alpha_min, t_min, t_median};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "composite_cpu_backward", [&] {
-    backward_impl<scalar_t>(means.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
-                            feats.data_ptr<scalar_t>(), D, radii.data_ptr<double>(), offsets.data_ptr<int64_t>(),
-                            ids.data_ptr<int64_t>(), tiles_x, tiles_x * tiles_y, ts, width, height, k,
-                            tfinal.data_ptr<double>(), last.data_ptr<int32_t>(), grad_feat.data_ptr<scalar_t>(),
+    const auto s = scene_of<scalar_t>(means, conics, opac, feats, radii, offsets, ids, tiles_x, tiles_y, ts, width,
+                                      height);
+    backward_impl<scalar_t>(s, k, tfinal.data_ptr<double>(), last.data_ptr<int32_t>(), grad_feat.data_ptr<scalar_t>(),
                             grad_alpha.data_ptr<scalar_t>(), entry_grad.data_ptr<scalar_t>());
   });
   return entry_grad;
