@@ -12,7 +12,7 @@ reference (tested against it):
 either way for 1M tetrahedra, so it stays in torch.)
 
 They are built once per machine with the system's C++ compiler through torch's extension builder (about
-30 s on 2 cores; cached under ~/.cache/milo_backend/kernels). Without a compiler, or with
+a minute on 2 cores; cached under ~/.cache/milo_backend/kernels). Without a compiler, or with
 `MILO_CPU_KERNELS=torch`, the torch code runs, and `doctor` says which is active and why.
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ def predict() -> KernelState:
     if not _ninja_on_path():
         return KernelState("torch", "ninja is missing (pip install ninja): the torch code runs")
     return KernelState("compiled", "a C++ compiler is here: the compiled CPU kernels are built at first use "
-                                   "(about 30 s, once per machine)")
+                                   "(about a minute, once per machine)")
 
 
 def state(say: Callable[[str], None] | None = None) -> KernelState:
