@@ -37,8 +37,9 @@ def run_fox(kind: str, fox: Path, workdir: Path) -> dict:
 
 
 def bench_cpu_kernels(fox: Path = FOX) -> str:
-    if cpu_kernels.state().active != "compiled":
-        raise RuntimeError(f"the compiled CPU kernels are not available here: {cpu_kernels.state().why}")
+    kernels = cpu_kernels.state()
+    if kernels.active != "compiled":
+        raise RuntimeError(f"the compiled CPU kernels are not available here: {kernels.why}")
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_cpu_kernels_") as work:

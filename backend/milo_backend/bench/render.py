@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from milo_backend.data.camera import Camera, look_at
 from milo_backend import cpu_kernels
+from milo_backend.data.camera import Camera, look_at
 from milo_backend.render import Splats, gsplat_available, render
 
 BENCHMARKS_FILE = Path(__file__).resolve().parents[3] / "BENCHMARKS.md"
