@@ -69,10 +69,8 @@ def test_depth_range_brackets_the_object_for_ring_and_forward_facing_layouts():
     assert len(pts) == 50 and np.all(pts[:, 1] > 0)  # in front of the cameras
 
 
-def test_random_start_is_sized_to_the_pixels_and_lies_where_the_few_points_are():
-    from milo_backend.gaussians.init import (RANDOM_START_MAX_PIXELS, init_random, random_start_count,
-                                             sparse_depth_range)
-    from milo_backend.gaussians.visibility import visibility
+def test_random_start_is_sized_to_the_views_and_lies_where_the_few_points_are():
+    from milo_backend.gaussians.init import init_random, random_start_count, sparse_depth_range
 
     cams = ring_cameras()
     pixels = max(c.width * c.height for c in cams)
@@ -88,9 +86,10 @@ def test_random_start_is_sized_to_the_pixels_and_lies_where_the_few_points_are()
     # each random point lies within the band in the camera that drew it
     depths = np.stack([c.project(m.params["means"][50:].detach().double().numpy())[1] for c in cams])
     assert np.all(((depths >= near - 1e-4) & (depths <= far + 1e-4)).any(axis=0))
-    # no Gaussian wider than the cap where the nearest camera sees it (half-resolution pixels)
-    footprint = visibility(m.params["means"].detach(), cams).min_depth_over_focal * 2.0
-    assert torch.all(torch.exp(m.params["scales"]).max(dim=1).values <= RANDOM_START_MAX_PIXELS * footprint * 1.0001)
+    # sizes from the spacing of the points (3DGS's kNN rule), not a pixel cap: a cap at 2 px left floaters
+    # that fit a few training views (2.9 dB less held out on the suite's `ground`)
+    assert torch.allclose(torch.exp(m.params["scales"][:, 0]).double(),
+                          torch.as_tensor(knn_scales(m.params["means"].detach())), rtol=1e-5)
 
 
 def test_make_optimizers_uses_the_method_learning_rates():

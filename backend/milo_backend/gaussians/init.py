@@ -46,13 +46,11 @@ def init_from_points(points: np.ndarray | torch.Tensor, colors: np.ndarray | tor
     return GaussianModel.from_points(pts, cols.clamp(0, 1), scales, opacity=opacity, max_sh_degree=max_sh_degree)
 
 
-# A random start's Gaussians are no wider than this many pixels (std, at the training's half resolution,
-# seen from the nearest camera). kNN sizes of points that fill a volume overlap hundreds deep: measured on
-# a 160 px scene (20k points), 500 layers per pixel and 2-7 s per iteration on 2 cores, with a fog of
-# opacity that gradients spread thin; at 2 px, 190 layers, 96% of the pixels covered, 0.2 s per render.
-RANDOM_START_MAX_PIXELS = 2.0
-# ...and there are at most this many of them per pixel of one full-resolution view: a volume start is seen
+# A random start has at most this many points per pixel of one full-resolution view: a volume start is seen
 # whole by most views, so more points than pixels only stack up (48 px views: 1,152 points, not 20k).
+# Its Gaussians keep their kNN sizes, as in 3DGS: wide ones are seen, and so constrained, by many views.
+# Capping them at 2 half-resolution pixels (to save render time) made each one fit a few training views and
+# float in front of the others: 18.4 against 21.2 dB held out on the suite's `ground` (BENCHMARKS.md).
 RANDOM_START_PER_PIXEL = 0.5
 
 
@@ -67,19 +65,13 @@ def init_random(cameras: list[Camera], n: int, rng: np.random.Generator, min_vie
                 depth_range: tuple[float, float] | None = None, seed_points: np.ndarray | None = None,
                 seed_colors: np.ndarray | None = None, device: torch.device | str = "cpu") -> GaussianModel:
     """Grey Gaussians at `n` random points the cameras see (`random_points_in_view`), plus the
-    `seed_points` (e.g. the few that triangulation found, with `seed_colors` in [0,1]), with kNN sizes
-    capped at RANDOM_START_MAX_PIXELS half-resolution pixels where the nearest camera sees them."""
+    `seed_points` (e.g. the few that triangulation found, with `seed_colors` in [0,1]), with kNN sizes."""
     pts = random_points_in_view(cameras, n, rng, min_views=min_views, depth_range=depth_range)
     cols = np.full_like(pts, 0.5)
     if seed_points is not None and len(seed_points):
         pts = np.concatenate([np.asarray(seed_points, np.float32), pts])
         cols = np.concatenate([np.asarray(seed_colors, np.float32).reshape(-1, 3), cols])
-    model = init_from_points(torch.as_tensor(pts).to(device), torch.as_tensor(cols).to(device))
-    # one full-resolution pixel at the point is min depth/focal; the early phase trains at half resolution
-    footprint = visibility(model.params["means"].detach().float(), cameras).min_depth_over_focal * 2.0
-    cap = torch.log(RANDOM_START_MAX_PIXELS * footprint.clamp_min(1e-12))
-    model.params["scales"].data = torch.minimum(model.params["scales"].data, cap[:, None].to(model.params["scales"]))
-    return model
+    return init_from_points(torch.as_tensor(pts).to(device), torch.as_tensor(cols).to(device))
 
 
 def sparse_depth_range(points: np.ndarray, cameras: list[Camera], margin: float = 0.25) -> tuple[float, float] | None:
