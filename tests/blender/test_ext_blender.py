@@ -423,12 +423,12 @@ def test_real_backend_reconstructs_on_a_ray_cluster(ext, jobs, monkeypatch, tmp_
     assert len(gauss.data.vertices) == len(read_splat_ply(out / "gaussians.ply")["means"])
 
 
-@pytest.mark.parametrize("engine,samples,min_psnr", [("CYCLES", 64, 23.0), ("BLENDER_EEVEE", 16, 23.0)])
+@pytest.mark.parametrize("engine,samples,min_psnr", [("CYCLES", 64, 23.0)])
 def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, samples, min_psnr):
-    """40 overlapping Gaussians imported and rendered by Blender's own engines (Gaussian falloff,
-    3DGS opacity, colours at degree 0) against the backend's render of the same camera. Measured here
-    25.9 dB (Cycles, 40 px) and 26.5 dB (EEVEE, 24 px); the uniform-opacity material before it 18.1 and
-    18.8 dB. Blender composites the splats by their proxies' depth, not their centres': not exact."""
+    """40 overlapping Gaussians imported and rendered by Cycles (Gaussian falloff, 3DGS opacity, colours at
+    degree 0) against the backend's render of the same camera. Measured here 25.9 dB (40 px); the
+    uniform-opacity material before it 18.1 dB. Blender composites the splats by their proxies' depth, not
+    their centres': not exact. EEVEE is tested on the sample scene below."""
     import torch
     from PIL import Image
     from milo_backend.data.camera import look_at
@@ -472,6 +472,24 @@ def test_splats_render_in_blender_like_the_backend(ext, tmp_path, engine, sample
     assert backend.mean() > 0.05  # the splats fill a good part of the picture
     psnr = 10 * np.log10(1.0 / float(((blender - backend) ** 2).mean()))
     assert psnr > min_psnr, psnr
+
+
+def test_sample_scene_splats_render_in_eevee_like_the_backend(ext, tmp_path):
+    """The sample scene's trained splats, imported and rendered by EEVEE from a held-out camera, against the
+    backend's render of the same camera (the benchmark's own function, at a test's size: 48 px, 16 samples).
+    Measured here: 24.3 dB over 791 splats (Cycles 25.4 dB); 18.5 dB with a splat of uniform opacity instead of
+    the Gaussian falloff. EEVEE runs through software OpenGL here: about 3 minutes."""
+    import subprocess
+
+    from tools.bench_splat_render import render_run
+    scene_dir, run = tmp_path / "sample scène", tmp_path / "sample run"
+    subprocess.run([sys.executable, "-m", "milo_backend", "sample", str(scene_dir), "--views", "12", "--size", "48"],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "milo_backend", "train", str(scene_dir), str(run), "--iterations", "300",
+                    "--eval", "--no-mesh", "--no-extract"], check=True, capture_output=True)
+    [row] = render_run(bpy, run, 48, "BLENDER_EEVEE", 16, 1)
+    assert bpy.context.scene.view_settings.view_transform == "Standard"
+    assert row["PSNR vs backend (degree 0)"] > 22.5, row
 
 
 def test_prepare_splat_render_names_a_broken_attribute(ext, tmp_path):
