@@ -35,6 +35,14 @@ MIN_DEPTH_REINIT_ITERATION = 1000
 # per pixel bought only 0.3 and 0.6 dB on the suite's ground scene for +34% and +80% time.
 MIN_GAUSSIANS_PER_VIEW_PIXEL = 0.5
 
+# Decision: the mesh has at most this many pivots per pixel of one training view (the preset's budget when
+# that is smaller). A mesh finer than the photos is shaped by depth noise: the fox at 240 px used all its
+# 16k Gaussians, 145k pivots for views of 32k pixels, and crumpled; with 54k pivots its mesh rendered the
+# held-out photos 1.2 dB better, was smoother (roughness median 8.7 -> 7.2 deg) and the run took 34% less
+# time. Checked at 2 per pixel on the bunny bench and the suite's `ground`: F@1% 0.95 / 0.98 -> 0.94 / 0.97,
+# Chamfer 0.41% / 0.35% -> 0.40% / 0.32% (BENCHMARKS.md, "Why the surface crumples").
+PIVOTS_PER_VIEW_PIXEL = 2.0
+
 # Decision: runs shorter than the published schedule take larger steps. Adam moves a parameter by at
 # most about its learning rate per step, so the rates of 3DGS/MILo, chosen for 18k-30k iterations, leave
 # a 1,500-iteration CPU run far from where its images ask. The rates are multiplied by
@@ -180,6 +188,10 @@ class TrainConfig:
     @property
     def budgets(self) -> dict:
         return PRESETS[self.preset]
+
+    def pivot_budget(self, view_pixels: int) -> int:
+        """The mesh's pivot budget for training views of at most `view_pixels` pixels."""
+        return min(self.budgets["max_pivots"], int(PIVOTS_PER_VIEW_PIXEL * view_pixels))
 
     @property
     def lr_scale(self) -> float:

@@ -89,6 +89,19 @@ def test_random_start_reaches_a_useful_held_out_psnr(trained, cli):
     assert ev[-1]["outputs"]["psnr"] > 21.6  # measured 22.0 dB (compiled and torch compositors)
 
 
+def test_the_mesh_is_no_finer_than_the_photos(trained):
+    """At most 2 pivots per pixel of a view (48x48 here): a mesh finer than the photos is shaped by depth
+    noise (the fox at 240 px crumpled with 145k pivots for 32k-pixel views)."""
+    _, events = trained
+    built = [re.fullmatch(r"mesh: (\d+) of (\d+) Gaussians, (\d+) pivots", e["message"])
+             for e in events if e["event"] == "log"]
+    built = [m for m in built if m]
+    assert built, "the mesh phase did not start"
+    for m in built:
+        chosen, total, pivots = map(int, m.groups())
+        assert total > chosen and pivots <= 2 * 48 * 48  # the budget binds: more Gaussians than it takes
+
+
 def test_eval_and_render_commands(trained, tmp_path, cli):
     out, _ = trained
     code, events, err = cli.run("eval", out, "--device", "cpu")
