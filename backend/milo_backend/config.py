@@ -38,8 +38,9 @@ MIN_GAUSSIANS_PER_VIEW_PIXEL = 0.5
 # Decision: the mesh has at most this many pivots per pixel of one training view (the preset's budget when
 # that is smaller). A mesh finer than the photos is shaped by depth noise: the fox at 240 px used all its
 # 16k Gaussians, 145k pivots for views of 32k pixels, and crumpled; with 54k pivots its mesh was smoother
-# (roughness median 8.7 -> 7.2 deg; 8.5 -> 7.8 at this budget in a later pair) with half the vertices, and the
-# run took 34% less time (its mesh-only PSNR varies by ~1 dB from run to run: no gain established). Checked at 2 per pixel on the bunny bench and the suite's `ground`: F@1% 0.95 / 0.98 -> 0.94 / 0.97,
+# (roughness median 8.7 -> 7.2 deg; 8.5 -> 7.8 at this budget in a later pair) with half the vertices, and
+# the run took 34% less time (its mesh-only PSNR varies by ~1 dB from run to run: no gain established).
+# Checked at 2 per pixel on the bunny bench and the suite's `ground`: F@1% 0.95 / 0.98 -> 0.94 / 0.97,
 # Chamfer 0.41% / 0.35% -> 0.40% / 0.32% (BENCHMARKS.md, "Why the surface crumples"). The suite's `dome`
 # over three seeds: held-out 24.55 -> 23.97 dB, all of it one veiled view of one seed (without that seed
 # 24.59 -> 24.61 dB), F@1% 0.947 -> 0.939, Chamfer 0.43% either way, 22% less time.
@@ -191,8 +192,9 @@ class TrainConfig:
     def budgets(self) -> dict:
         return PRESETS[self.preset]
 
-    def pivot_budget(self, view_pixels: int) -> int:
-        """The mesh's pivot budget for training views of at most `view_pixels` pixels."""
+    def pivot_budget(self, cameras) -> int:
+        """The mesh's pivot budget for these training cameras (per pixel of the largest view)."""
+        view_pixels = max(c.width * c.height for c in cameras)
         return min(self.budgets["max_pivots"], int(PIVOTS_PER_VIEW_PIXEL * view_pixels))
 
     @property

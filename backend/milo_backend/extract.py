@@ -447,6 +447,6 @@ def make_phase(model: GaussianModel, cameras: Sequence[Camera], device, cfg: Tra
                           with_stats=with_stats)
 
     return MeshPhase(model, cameras, render_fn, extent=camera_extent(list(cameras)),
-                     max_pivots=cfg.pivot_budget(max(c.width * c.height for c in cameras)), schedule=schedule,
+                     max_pivots=cfg.pivot_budget(cameras), schedule=schedule,
                      scene=cfg.scene, reporter=reporter, seed=cfg.seed)
 

@@ -233,7 +233,7 @@ class TrainingRun:
         self.update_filter()
         # mesh in the loop (mesh_phase.py) and the optional appearance network (appearance.py)
         self.mesh = MeshPhase(model, self.cams, self.render_at, extent=self.extent,
-                              max_pivots=cfg.pivot_budget(max(c.width * c.height for c in self.cams)),
+                              max_pivots=cfg.pivot_budget(self.cams),
                               schedule=self.sched, scene=cfg.scene, reporter=self.reporter, seed=cfg.seed)
         if cfg.decoupled_appearance:
             self.appearance, self.appearance_opt = make_appearance(len(self.cams), self.device)
