@@ -51,14 +51,17 @@ def _compiler() -> str | None:
 
 
 def _ninja_on_path() -> bool:
-    """torch's builder runs `ninja` from PATH; a venv's own ninja is not there unless the venv is active."""
-    if shutil.which("ninja"):
-        return True
+    """torch's builder runs `ninja` from PATH. The interpreter's own ninja (our dependency) goes first:
+    two ninja versions keep build logs that each other reads as stale, so a build made from an activated
+    venv (its ninja) was redone from scratch, about a minute, when Blender or a script ran the same
+    venv's python directly (the system's ninja), and again on the way back."""
     scripts = Path(sys.executable).parent
-    if shutil.which("ninja", path=str(scripts)):
-        os.environ["PATH"] = str(scripts) + os.pathsep + os.environ.get("PATH", "")
+    own = shutil.which("ninja", path=str(scripts))
+    if own:
+        if shutil.which("ninja") != own:
+            os.environ["PATH"] = str(scripts) + os.pathsep + os.environ.get("PATH", "")
         return True
-    return False
+    return shutil.which("ninja") is not None
 
 
 def build_directory(flags: list[str]) -> Path:

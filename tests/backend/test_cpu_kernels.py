@@ -1,5 +1,9 @@
 """The compiled CPU kernels' build and fallback: a machine without a compiler, or a failed build, runs the
 torch code and says why (the kernels' results are tested against torch in the renderer and raster tests)."""
+import os
+import shutil
+import sys
+
 import torch
 
 from milo_backend import cpu_kernels
@@ -54,3 +58,33 @@ def test_the_build_folder_follows_the_sources_not_the_install(tmp_path, monkeypa
     monkeypatch.setattr(cpu_kernels, "SOURCES", copies[1])
     copies[1][1].write_bytes(copies[1][1].read_bytes() + b"\n// changed\n")
     assert cpu_kernels.build_directory(["-O3"]) != here
+
+
+def _fake_program(folder, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_build_uses_the_interpreters_own_ninja_first(tmp_path, monkeypatch):
+    # two ninja versions read each other's build logs as stale: the same build was redone from scratch
+    # (about a minute) whenever the venv was used activated, then not, then activated again
+    system_ninja = _fake_program(tmp_path / "system bin", "ninja")
+    own_ninja = _fake_program(tmp_path / "venv bin", "ninja")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv bin" / "python"))
+    monkeypatch.setenv("PATH", str(system_ninja.parent))
+    assert cpu_kernels._ninja_on_path()
+    assert shutil.which("ninja") == str(own_ninja)
+    assert cpu_kernels._ninja_on_path() and shutil.which("ninja") == str(own_ninja)
+    assert os.environ["PATH"].count("venv bin") == 1  # not prepended again
+
+
+def test_without_an_own_ninja_the_one_on_path_serves(tmp_path, monkeypatch):
+    system_ninja = _fake_program(tmp_path / "system bin", "ninja")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bare" / "python"))
+    monkeypatch.setenv("PATH", str(system_ninja.parent))
+    assert cpu_kernels._ninja_on_path() and shutil.which("ninja") == str(system_ninja)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing here"))
+    assert not cpu_kernels._ninja_on_path()
