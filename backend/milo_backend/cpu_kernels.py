@@ -7,7 +7,9 @@ reference (tested against it):
   them; the C++ loop walks each tile's Gaussians front to back over their pixel boxes and stops a pixel
   once it is opaque;
 - the mesh z-buffer (`mesh/raster_torch.visible_faces`): one loop over the faces' pixel boxes instead of
-  a scatter over every (face, pixel) candidate.
+  a scatter over every (face, pixel) candidate;
+- the faces' neighbours for the silhouette antialiasing (`mesh/raster_torch._wing_vertices`): per-vertex
+  face lists instead of a sort of every edge near the visible faces.
 (Marching tetrahedra's connectivity was tried in C++ too and measured no faster than its torch pass: 33 ms
 either way for 1M tetrahedra, so it stays in torch.)
 
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 ENV = "MILO_CPU_KERNELS"   # "torch": the torch references; anything else: the compiled kernels if they build
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("module.cpp", "composite.cpp", "zbuffer.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("module.cpp", "composite.cpp", "zbuffer.cpp",
+                                                                 "wing_vertices.cpp")]
 MODULE_NAME = "milo_cpu_kernels"
 
 

@@ -165,6 +165,27 @@ def test_compiled_zbuffer_gives_the_torch_face_ids(monkeypatch):
     assert not (compiled == 11).any() and not (compiled == 7).any()
 
 
+@pytest.mark.parametrize("cpu_kernels", ["compiled"], indirect=True)
+def test_compiled_wing_vertices_give_the_torch_neighbours():
+    # a closed sphere with a window cut out (boundary edges), three extra faces on one edge (non-manifold:
+    # the lowest-numbered other face wins) and a duplicated face; queried faces in any order
+    from milo_backend import cpu_kernels
+    from milo_backend.mesh.raster_torch import _wing_vertices
+    verts, faces = sphere_mesh(1500, seed=4)
+    faces = faces[verts[faces].mean(dim=1)[:, 1] > -0.5]
+    a, b = faces[10, 1], faces[10, 2]
+    extra = torch.stack([torch.stack([v, a, b]) for v in (faces[200, 0], faces[300, 0], faces[400, 0])])
+    faces = torch.cat([faces, extra, faces[20:21]])
+    tris = torch.randperm(faces.shape[0], generator=torch.Generator().manual_seed(1))[:faces.shape[0] // 2]
+    tris = torch.cat([tris, torch.tensor([10, faces.shape[0] - 2, faces.shape[0] - 1, 20])])
+    compiled = _wing_vertices(faces, tris, verts.shape[0])
+    with cpu_kernels.reference_code():
+        reference = _wing_vertices(faces, tris, verts.shape[0])
+    assert (reference == -1).any() and (reference >= 0).float().mean() > 0.9
+    assert torch.equal(compiled, reference)
+    assert compiled[-4, 0] == faces[-4, 0]          # face 10's edge (a, b): the first extra face's apex
+
+
 def test_cull_to_frustum_keeps_only_faces_that_can_be_seen():
     cam = front_camera()
     verts = torch.tensor([

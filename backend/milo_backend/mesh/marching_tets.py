@@ -77,15 +77,16 @@ def marching_tetrahedra(pivots: torch.Tensor, sdf: torch.Tensor, tets: torch.Ten
         slots = table.clamp_min(0).reshape(len(case), 6)
         faces = torch.gather(vert_of_slot, 1, slots).reshape(-1, 2, 3)[has_tri]  # (F,3)
         vert_edges = torch.stack([unique_keys // n_pivots, unique_keys % n_pivots], dim=1)
-
-    verts = _zero_crossings(pivots, sdf, vert_edges)
-    if radii is not None:
-        with torch.no_grad():
+        if radii is not None:
             a, b = vert_edges[:, 0], vert_edges[:, 1]
             length = torch.linalg.vector_norm(pivots.detach()[a] - pivots.detach()[b], dim=1)
             valid_vert = length <= radii[a] + radii[b]
             faces = faces[valid_vert[faces].all(dim=1)]
-        verts, faces, vert_edges = _drop_unused(verts, faces, vert_edges)
+            # dropped before the positions are computed: the filter removes many crossings, and the
+            # differentiable part (forward and backward) then touches only the vertices kept
+            faces, vert_edges = _drop_unused(faces, vert_edges)
+
+    verts = _zero_crossings(pivots, sdf, vert_edges)
     return TetMesh(verts, faces, vert_edges)
 
 
@@ -100,8 +101,8 @@ def _zero_crossings(pivots: torch.Tensor, sdf: torch.Tensor, vert_edges: torch.T
     return pivots[a] + t * (pivots[b] - pivots[a])
 
 
-def _drop_unused(verts, faces, vert_edges):
-    used = torch.zeros(verts.shape[0], dtype=torch.bool, device=verts.device)
+def _drop_unused(faces, vert_edges):
+    used = torch.zeros(vert_edges.shape[0], dtype=torch.bool, device=vert_edges.device)
     used[faces.reshape(-1)] = True
     remap = torch.cumsum(used.long(), 0) - 1
-    return verts[used], remap[faces], vert_edges[used]
+    return remap[faces], vert_edges[used]

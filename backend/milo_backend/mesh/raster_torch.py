@@ -174,7 +174,11 @@ def _neighbour_pairs(height: int, width: int, down: bool, device):
 @torch.no_grad()
 def _wing_vertices(faces: torch.Tensor, tris: torch.Tensor, n_verts: int) -> torch.Tensor:
     """(len(tris),3): for edge i of each face in `tris` (the edge opposite its vertex i), the third
-    vertex of the other face sharing that edge, or -1 for a boundary edge."""
+    vertex of the other face sharing that edge (the lowest-numbered one where several do), or -1 for a
+    boundary edge. On the CPU the compiled twin (`csrc/wing_vertices.cpp`) runs where it is built."""
+    from milo_backend import cpu_kernels
+    if faces.device.type == "cpu" and cpu_kernels.available():
+        return cpu_kernels.module().wing_vertices(faces.to(torch.int64), tris.to(torch.int64), n_verts)
     marked = torch.zeros(n_verts, dtype=torch.bool, device=faces.device)
     marked[faces[tris].reshape(-1)] = True
     # Only faces with two marked vertices can share an edge with a queried face.
@@ -184,7 +188,7 @@ def _wing_vertices(faces: torch.Tensor, tris: torch.Tensor, n_verts: int) -> tor
     keys = (torch.minimum(ea, eb) * n_verts + torch.maximum(ea, eb)).reshape(-1)
     owner = cand[:, None].expand(-1, 3).reshape(-1)
     third = cf.reshape(-1)
-    keys, order = torch.sort(keys)
+    keys, order = torch.sort(keys, stable=True)  # ties in face order: the lowest-numbered face first
     owner, third = owner[order], third[order]
 
     qf = faces[tris]
