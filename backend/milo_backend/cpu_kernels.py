@@ -1,6 +1,6 @@
 """The compiled CPU kernels (`csrc/`): built once per machine, with the torch code as reference and fallback.
 
-Two hot loops of a CPU run are written in C++, each with the same semantics and outputs as its torch
+The hot loops of a CPU run are written in C++, each with the same semantics and outputs as its torch
 reference (tested against it):
 - the Gaussian compositor (`render/composite_cpu.py`, reference `render/composite.py`): the torch code is
   vectorised over (pixel, Gaussian) pairs and spends most of its time building, sorting and gathering
