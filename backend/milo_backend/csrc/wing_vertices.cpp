@@ -18,6 +18,9 @@ torch::Tensor wing_vertices(torch::Tensor faces, torch::Tensor tris, int64_t n_v
   const int64_t F = faces.size(0), U = tris.size(0);
   const int64_t* f = faces.data_ptr<int64_t>();
   const int64_t* t = tris.data_ptr<int64_t>();
+  // indices out of range would read past the arrays: refuse them as the torch reference's indexing does
+  for (int64_t i = 0; i < 3 * F; ++i) TORCH_CHECK(f[i] >= 0 && f[i] < n_verts, "face index out of range");
+  for (int64_t u = 0; u < U; ++u) TORCH_CHECK(t[u] >= 0 && t[u] < F, "queried face out of range");
   // only vertices of queried faces need their face lists
   std::vector<uint8_t> marked(n_verts, 0);
   for (int64_t u = 0; u < U; ++u)
