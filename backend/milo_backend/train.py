@@ -21,6 +21,7 @@ from milo_backend.config import MIN_GAUSSIANS_PER_VIEW_PIXEL, SMALLER_PRESET, Tr
 from milo_backend.data.camera import Camera, camera_extent
 from milo_backend.data.dataset import Dataset, load_dataset
 from milo_backend.data.images import ImageCache, training_image
+from milo_backend.data.plane_sweep import plane_sweep_points
 from milo_backend.data.transforms import MIN_TRIANGULATED_POINTS, triangulate_known_poses
 from milo_backend.device import select_device
 from milo_backend.errors import Cancelled, MiloError
@@ -28,7 +29,8 @@ from milo_backend.events import Reporter
 from milo_backend.gaussians import densify
 from milo_backend.gaussians.filter3d import compute_filter_3d
 from milo_backend.gaussians.importance import fallback_scores, gather_weight_stats, scores_from_stats
-from milo_backend.gaussians.init import init_from_points, init_random, random_start_count, sparse_depth_range
+from milo_backend.gaussians.init import (init_from_points, init_random, random_start_count, sparse_depth_range,
+                                        view_depth_range, view_focus_depth)
 from milo_backend.gaussians.model import GaussianModel
 from milo_backend.gaussians.optim import LearningRates, make_optimizers, set_position_lr
 from milo_backend.gaussians.ply import write_ply
@@ -115,14 +117,50 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
     found = 0 if points is None else len(points)
     depth_range = sparse_depth_range(points, cams) if found else None
     n = random_start_count(cams, min(cfg.init_points, max_gaussians))
-    reporter.warning(f"only {found} sparse points: starting from {n} random Gaussians inside the cameras' view"
+    dense, dense_colors = dense_start_points(cams, depth_range, n, cfg.seed, reporter)
+    seeds = [p for p in (points, dense) if p is not None and len(p)]
+    seed_colors = [c for p, c in ((points, colors), (dense, dense_colors)) if p is not None and len(p)]
+    reporter.warning(f"only {found} sparse points: starting from {len(dense)} plane-sweep points and "
+                     f"{n - len(dense)} random Gaussians inside the cameras' view"
                      + (f" at depths {depth_range[0]:.3g}-{depth_range[1]:.3g} (where the points are)"
                         if depth_range else ""),
                      hint="a COLMAP model or photos (SfM) give a better start")
     # seen by half of the cameras: the region they all look at, not floaters just in front of one
-    return init_random(cams, n, np.random.default_rng(cfg.seed), min_views=max(2, len(cams) // 2),
-                       depth_range=depth_range, seed_points=points if found else None,
-                       seed_colors=colors if found else None, device=device)
+    return init_random(cams, n - len(dense), np.random.default_rng(cfg.seed), min_views=max(2, len(cams) // 2),
+                       depth_range=depth_range, seed_points=np.concatenate(seeds) if seeds else None,
+                       seed_colors=np.concatenate(seed_colors) if seeds else None, device=device)
+
+
+# Share of a random start that plane-sweep points may take; the rest stays random, for what stereo cannot
+# see (textureless sky, surfaces seen by one photo).
+DENSE_START_SHARE = 0.75
+SWEEP_MAX_SIZE = 320  # longest side of the photos the sweep compares (larger ones are scaled down)
+
+
+def dense_start_points(cams: list[Camera], depth_range: tuple[float, float] | None, n: int, seed: int,
+                       reporter: Reporter) -> tuple[np.ndarray, np.ndarray]:
+    """At most DENSE_START_SHARE * n points (and colours) where the posed photos agree on a depth
+    (`plane_sweep_points`), between `depth_range` (default: `view_depth_range`)."""
+    reporter.stage("stereo", f"Dense points from {len(cams)} posed photos (plane sweep)")
+    images = ImageCache()
+    largest = max(max(c.width, c.height) for c in cams)
+    if largest > SWEEP_MAX_SIZE:  # the sweep's cost grows with the pixels; the start needs < 1 point per pixel
+        cams = [c.downscaled(largest / SWEEP_MAX_SIZE) for c in cams]
+    rgb, masks = [], []
+    for c in cams:
+        colour, alpha = images.get(c)
+        rgb.append(colour)
+        masks.append(None if alpha is None else alpha[..., 0] > 0.5)
+    near, far = depth_range or view_depth_range(cams)
+    pts, cols = plane_sweep_points(cams, rgb, near, far, view_focus_depth(cams),
+                                   masks if any(m is not None for m in masks) else None,
+                                   progress=lambda i, total: reporter.progress("stereo", i, total))
+    limit = int(DENSE_START_SHARE * n)
+    if len(pts) > limit:
+        pick = np.random.default_rng(seed).choice(len(pts), limit, replace=False)
+        pts, cols = pts[pick], cols[pick]
+    reporter.log(f"{len(pts)} plane-sweep points for the start")
+    return pts, cols
 
 
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, reporter: Reporter, resume: bool = False) -> dict:

@@ -91,27 +91,31 @@ def sparse_depth_range(points: np.ndarray, cameras: list[Camera], margin: float 
     return float(lo * (1 - margin)), float(hi * (1 + margin))
 
 
-def view_depth_range(cameras: list[Camera]) -> tuple[float, float]:
-    """Near/far depths that bracket the region the cameras look at, from their layout only.
-
-    The scene centre is the point closest (least squares) to all optical axes; its median depth D in the
-    cameras and the camera extent R give [max(D - R, 0.05 D), D + R]: for cameras on a ring around an
-    object that covers the whole inside of the ring, for a forward-facing capture a slab around D.
-    """
+def view_focus_depth(cameras: list[Camera]) -> float:
+    """Median depth, in the cameras, of the point closest (least squares) to all optical axes: where they
+    look. Parallel or diverging axes: one camera extent."""
     centers = np.stack([c.center for c in cameras])
     axes = np.stack([c.world_to_cam[2, :3] for c in cameras])  # camera z axis in world coordinates
-    extent = camera_extent(cameras)
     # sum_i (I - a_i a_i^T) (x - c_i) = 0; ill-conditioned when all axes are parallel
     proj = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
     a, b = proj.sum(0), np.einsum("nij,nj->i", proj, centers)
+    depth = -1.0
     if np.linalg.cond(a) < 1e6:
         focus = np.linalg.solve(a, b)
-        depths = np.einsum("ni,ni->n", focus[None] - centers, axes)
-        depth = float(np.median(depths))
-    else:
-        depth = -1.0
+        depth = float(np.median(np.einsum("ni,ni->n", focus[None] - centers, axes)))
     if not np.isfinite(depth) or depth <= 0:
-        depth = extent  # parallel or diverging axes: assume the scene is about one extent away
+        depth = camera_extent(cameras)  # parallel or diverging axes: assume the scene is about one extent away
+    return depth
+
+
+def view_depth_range(cameras: list[Camera]) -> tuple[float, float]:
+    """Near/far depths that bracket the region the cameras look at, from their layout only.
+
+    The focus depth D (`view_focus_depth`) and the camera extent R give [max(D - R, 0.05 D), D + R]: for
+    cameras on a ring around an object that covers the whole inside of the ring, for a forward-facing
+    capture a slab around D.
+    """
+    depth, extent = view_focus_depth(cameras), camera_extent(cameras)
     return max(depth - extent, 0.05 * depth), depth + extent
 
 
