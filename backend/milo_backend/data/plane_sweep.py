@@ -188,6 +188,8 @@ def sweep_depth(ref: Camera, ref_grey: torch.Tensor, others: list[Camera], other
     full = _Matcher(ref, ref_grey, others, other_greys, opts)
     top, q = full.best(hyp)
     keep = (top >= opts.min_ncc) & (full.var.sqrt() >= opts.min_std)  # textureless windows match anywhere
+    r = opts.window // 2  # a window across the border correlates on the zeros both sides are padded with
+    keep[:r], keep[h - r:], keep[:, :r], keep[:, w - r:] = False, False, False, False
     depth = 1.0 / q
     return torch.where(keep, depth, torch.zeros_like(depth)), top
 
