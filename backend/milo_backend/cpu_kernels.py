@@ -68,18 +68,24 @@ def _ninja_on_path() -> bool:
 
 
 def build_directory(flags: list[str]) -> Path:
-    """Where this build lives: named by a digest of the sources, the flags and torch's version, under the
-    user's cache (`MILO_KERNEL_CACHE` to move it). The sources are compiled from a copy there, so two
-    installs of the same code (a venv and the GPU kit's folder) share one build instead of rebuilding
-    each other's, and a changed source gets a folder of its own."""
+    """Where this build lives: named by a digest of the sources, the flags and torch's version and folder,
+    under the user's cache (`MILO_KERNEL_CACHE` to move it). The sources are compiled from a copy there, so
+    two copies of the code run by one torch (a checkout and the GPU kit's folder) share one build, and a
+    changed source gets a folder of its own. Two venvs get a folder each: the build file names torch's
+    include folders, so with one folder each venv rebuilt (about a minute) whenever the other had built."""
     import hashlib
 
     import torch
     digest = hashlib.sha256()
     for path in SOURCES:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join(flags + [torch.__version__, sys.version]).encode())
+    digest.update(" ".join(flags + [torch.__version__, sys.version, torch_folder()]).encode())
     return kernel_cache() / f"{MODULE_NAME}_{digest.hexdigest()[:16]}"
+
+
+def torch_folder() -> str:
+    import torch
+    return str(Path(torch.__file__).resolve().parent)
 
 
 def kernel_cache() -> Path:

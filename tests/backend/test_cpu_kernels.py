@@ -60,6 +60,14 @@ def test_the_build_folder_follows_the_sources_not_the_install(tmp_path, monkeypa
     assert cpu_kernels.build_directory(["-O3"]) != here
 
 
+def test_two_venvs_keep_a_build_each(tmp_path, monkeypatch):
+    """The build file names torch's include folders: sharing one folder, two venvs rebuilt it in turn."""
+    monkeypatch.setenv("MILO_KERNEL_CACHE", str(tmp_path))
+    here = cpu_kernels.build_directory(["-O3"])
+    monkeypatch.setattr(cpu_kernels, "torch_folder", lambda: str(tmp_path / "other venv" / "torch"))
+    assert cpu_kernels.build_directory(["-O3"]) != here
+
+
 def _fake_program(folder, name):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
