@@ -26,7 +26,7 @@ from milo_backend.data.transforms import MIN_TRIANGULATED_POINTS, triangulate_kn
 from milo_backend.device import select_device
 from milo_backend.errors import Cancelled, MiloError
 from milo_backend.events import Reporter
-from milo_backend.gaussians import densify, ops
+from milo_backend.gaussians import densify
 from milo_backend.gaussians.filter3d import compute_filter_3d
 from milo_backend.gaussians.importance import fallback_scores, gather_weight_stats, scores_from_stats
 from milo_backend.gaussians.init import (init_from_points, init_random, random_start_count, sparse_depth_range,
@@ -131,11 +131,6 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
                        seed_colors=np.concatenate(seed_colors) if seeds else None, device=device)
 
 
-# Iterations between two applications of the size limit (`ops.limit_size_by_camera_distance`). Adam moves a
-# log scale by about its learning rate per step (0.005 times `lr_scale`: 0.017 at 1,500 iterations), so between
-# two applications a Gaussian outgrows the limit by about 20% at most; not worth the camera distances every step.
-SIZE_LIMIT_EVERY = 10
-
 # Share of a random start that plane-sweep points may take; the rest stays random, for what stereo cannot
 # see (textureless sky, surfaces seen by one photo).
 DENSE_START_SHARE = 0.75
@@ -229,7 +224,6 @@ class TrainingRun:
         self.cams = cams = dataset.train_cameras
         self.sched = cfg.schedule
         self.extent = camera_extent(cams)
-        self.camera_centers = torch.tensor(np.stack([c.center for c in cams]), dtype=torch.float32, device=device)
         # Decision: no more Gaussians than 1/16 of the observed pixels (the preset's cap otherwise): trained
         # 3DGS scenes end near 1/40 (e.g. 5M Gaussians for 200M pixels), more cannot be constrained by the
         # photos, and small CPU runs would otherwise densify without bound.
@@ -416,8 +410,6 @@ class TrainingRun:
             self.stats = densify.DensifyStats.empty(len(model), self.device)
         if changed or it % sched.filter_3d_every == 0:
             self.update_filter()
-        if it % SIZE_LIMIT_EVERY == 0:
-            ops.limit_size_by_camera_distance(model, self.camera_centers)
 
     def _report(self, it: int, out_r, gt: torch.Tensor, loss: torch.Tensor) -> None:
         total = self.cfg.iterations

@@ -109,23 +109,3 @@ def replace_all(model: GaussianModel, new_params: dict[str, Tensor],
                 group["params"] = [new]
     new_state = new_state or {}
     model.state = {k: new_state[k].to(v) if k in new_state else _zeros_for(v, n) for k, v in model.state.items()}
-
-
-# A Gaussian is at most this many times as wide (largest std) as it is far from the nearest training
-# camera. Wider ones reach across the ring of cameras into the views between them: a 24 x 40-unit sheet
-# that carried the sky of `ground`'s training views passed 0.6 units in front of three held-out cameras
-# and veiled them (BENCHMARKS.md, "Veils").
-MAX_SIZE_OVER_CAMERA_DISTANCE = 0.5
-
-
-@torch.no_grad()
-def limit_size_by_camera_distance(model: GaussianModel, camera_centers: Tensor,
-                                  ratio: float = MAX_SIZE_OVER_CAMERA_DISTANCE) -> int:
-    """Clamp each Gaussian's scales to `ratio` x its distance to the nearest of `camera_centers` (K, 3),
-    in place (Adam moments kept); returns how many Gaussians were clamped."""
-    scales = model.params["scales"]  # log of the standard deviations
-    nearest = torch.cdist(model.params["means"].detach(), camera_centers.to(scales)).min(dim=1).values
-    limit = torch.log(ratio * nearest.clamp_min(1e-12))[:, None]
-    over = scales > limit
-    scales.data = torch.minimum(scales.data, limit)
-    return int(over.any(dim=1).sum())
