@@ -94,7 +94,7 @@ def prepare_output(out: Path, resume: bool) -> None:
 
 
 def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, device,
-                  max_gaussians: int) -> GaussianModel:
+                  max_gaussians: int, images: ImageCache | None = None) -> GaussianModel:
     """Gaussians at the SfM points; for posed inputs without points (NeRF), at points triangulated with
     the known poses. With fewer than MIN_TRIANGULATED_POINTS of them (synthetic or textureless scenes),
     random points inside the region the cameras see, between the depths the few points found (if any),
@@ -117,7 +117,8 @@ def initial_model(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Repor
     found = 0 if points is None else len(points)
     depth_range = sparse_depth_range(points, cams) if found else None
     n = random_start_count(cams, min(cfg.init_points, max_gaussians))
-    dense, dense_colors = dense_start_points(cams, depth_range, n, cfg.seed, reporter)
+    dense, dense_colors = dense_start_points(cams, depth_range, n, cfg.seed,
+                                             ImageCache() if images is None else images, reporter)
     seeds = [p for p in (points, dense) if p is not None and len(p)]
     seed_colors = [c for p, c in ((points, colors), (dense, dense_colors)) if p is not None and len(p)]
     reporter.warning(f"only {found} sparse points: starting from {len(dense)} plane-sweep points and "
@@ -138,11 +139,11 @@ SWEEP_MAX_SIZE = 320  # longest side of the photos the sweep compares (larger on
 
 
 def dense_start_points(cams: list[Camera], depth_range: tuple[float, float] | None, n: int, seed: int,
-                       reporter: Reporter) -> tuple[np.ndarray, np.ndarray]:
+                       images: ImageCache, reporter: Reporter) -> tuple[np.ndarray, np.ndarray]:
     """At most DENSE_START_SHARE * n points (and colours) where the posed photos agree on a depth
-    (`plane_sweep_points`), between `depth_range` (default: `view_depth_range`)."""
+    (`plane_sweep_points`), between `depth_range` (default: `view_depth_range`). The photos are read
+    through `images`, the training run's cache, so they are decoded once."""
     reporter.stage("stereo", f"Dense points from {len(cams)} posed photos (plane sweep)")
-    images = ImageCache()
     largest = max(max(c.width, c.height) for c in cams)
     if largest > SWEEP_MAX_SIZE:  # the sweep's cost grows with the pixels; the start needs < 1 point per pixel
         cams = [c.downscaled(largest / SWEEP_MAX_SIZE) for c in cams]
@@ -204,7 +205,7 @@ def _train(dataset: Dataset, out: Path, cfg: TrainConfig, reporter: Reporter, de
     if resume and latest_checkpoint(out) is not None:
         run.restore(load_checkpoint(out))
     else:
-        run.start(initial_model(dataset, out, cfg, reporter, device, run.max_gaussians))
+        run.start(initial_model(dataset, out, cfg, reporter, device, run.max_gaussians, run.images))
     reporter.stage("train", f"Training {cfg.iterations} iterations on {device.type}")
     with StopFlag() as flag:
         while run.state.iteration < cfg.iterations:

@@ -167,15 +167,15 @@ def plane_count(ref: Camera, others: list[Camera], near: float, far: float) -> i
 
 
 def sweep_depth(ref: Camera, ref_grey: torch.Tensor, others: list[Camera], other_greys: list[torch.Tensor],
-                near: float, far: float, opts: SweepOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depth (H, W) of `ref`'s pixels where its neighbours agree (0 elsewhere), and the winning correlation.
+                near: float, far: float, opts: SweepOptions) -> torch.Tensor:
+    """Depth (H, W) of `ref`'s pixels where its neighbours agree (0 elsewhere).
 
     Coarse to fine: fronto-parallel planes uniform in inverse depth over [near, far] on half-resolution
     photos (`plane_count`), then per full-resolution pixel `opts.refine` depths across two plane steps
     around the coarse one."""
     h, w = ref_grey.shape
     if not others:
-        return torch.zeros(h, w), torch.zeros(h, w)
+        return torch.zeros(h, w)
     coarse = _Matcher(ref.scaled((w + 1) // 2, (h + 1) // 2), _half(ref_grey),
                       [c.scaled((c.width + 1) // 2, (c.height + 1) // 2) for c in others],
                       [_half(g) for g in other_greys], opts)
@@ -191,7 +191,7 @@ def sweep_depth(ref: Camera, ref_grey: torch.Tensor, others: list[Camera], other
     r = opts.window // 2  # a window across the border correlates on the zeros both sides are padded with
     keep[:r], keep[h - r:], keep[:, :r], keep[:, w - r:] = False, False, False, False
     depth = 1.0 / q
-    return torch.where(keep, depth, torch.zeros_like(depth)), top
+    return torch.where(keep, depth, torch.zeros_like(depth))
 
 
 def consistent(depths: list[torch.Tensor], cameras: list[Camera], neighbours: list[list[int]],
@@ -239,7 +239,7 @@ def plane_sweep_points(cameras: list[Camera], images: list[torch.Tensor], near: 
     depths = []
     n = len(cameras)
     for i, cam in enumerate(cameras):
-        d, _ = sweep_depth(cam, greys[i], [cameras[j] for j in neighbours[i]], [greys[j] for j in neighbours[i]],
+        d = sweep_depth(cam, greys[i], [cameras[j] for j in neighbours[i]], [greys[j] for j in neighbours[i]],
                            near, far, opts)
         if masks is not None and masks[i] is not None:
             d = d.masked_fill(~masks[i], 0.0)
